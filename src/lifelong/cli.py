@@ -1,0 +1,134 @@
+"""The `lifelong` command. Each subcommand is a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lifelong.errors import LifelongError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Continual learning: train task after task without forgetting, and measure what was forgotten.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    benchmark: Annotated[
+        str | None, typer.Option(help="Built-in stream, e.g. split-digits or 'permuted-digits:tasks=10'.")
+    ] = None,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy", "-s", help="Strategy to run (repeatable); 'a+b' composes; 'replay:buffer_size=200'."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model: mlp, cnn1d, with options 'mlp:hidden=512'.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per task.  [default: 10]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.  [default: 32]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.  [default: 0.001]")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.  [default: adam]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for splits, initial weights and batches.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.  [default: auto]")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder.  [default: runs/<benchmark>-<time>]")] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite", help="Reuse a folder with a finished run.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with the same keys as these flags.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Your data: a CSV/JSONL/Parquet file or a folder of them.")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="Label column of --data.  [default: label]")
+    ] = None,
+    task_column: Annotated[
+        str | None, typer.Option(help="Column of --data that names each row's task.")
+    ] = None,
+    classes_per_task: Annotated[
+        int | None, typer.Option(help="Split --data into tasks of this many classes.")
+    ] = None,
+    scenario: Annotated[str | None, typer.Option(help="class, task or domain (incremental).")] = None,
+    test_size: Annotated[
+        float | None, typer.Option(help="Held-out share of each task.  [default: 0.3]")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
+    from lifelong.config import load_yaml_config, make_config
+    from lifelong.experiment import run_experiment
+
+    flags: dict[str, Any] = {
+        "benchmark": benchmark,
+        "strategies": strategy,
+        "model": model,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "seed": seed,
+        "device": device,
+        "out": out,
+        "overwrite": overwrite,
+        "data": data,
+        "label_column": label_column,
+        "task_column": task_column,
+        "classes_per_task": classes_per_task,
+        "scenario": scenario,
+        "test_size": test_size,
+    }
+    file_values = load_yaml_config(config) if config else {}
+    run_experiment(make_config(file_values, flags), console, show_progress=progress)
+
+
+@app.command()
+def benchmarks() -> None:
+    """List the built-in streams (no download needed) with their options."""
+    from lifelong.benchmarks import BENCHMARKS
+
+    table = Table(title="built-in benchmarks")
+    for column in ("name", "description", "options"):
+        table.add_column(column)
+    for bench in BENCHMARKS.values():
+        table.add_row(bench.name, bench.description, _options(bench.options()))
+    console.print(table)
+
+
+@app.command()
+def strategies() -> None:
+    """List the strategies with their options and defaults."""
+    from lifelong.strategies import REGISTRY, strategy_options
+
+    table = Table(title="strategies ('a+b' composes two)")
+    for column in ("name", "description", "options (defaults)"):
+        table.add_column(column)
+    for name, cls in REGISTRY.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        table.add_row(name, doc, _options(strategy_options(name)))
+    console.print(table)
+
+
+def _options(options: list[tuple[str, object]]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options) or "—"
+
+
+def main() -> None:
+    """Entry point: user errors become one red line and exit status 2, never a traceback."""
+    try:
+        app()
+    except LifelongError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,131 @@
+"""A run's settings: command-line flags and YAML keys are the same names, validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lifelong.errors import LifelongError
+from lifelong.learner import OPTIMIZERS
+from lifelong.stream import SCENARIOS
+
+
+@dataclass
+class RunConfig:
+    """Everything `lifelong run` needs; ``strategies`` holds one composition string per strategy run."""
+
+    benchmark: str = "split-digits"
+    strategies: list[str] = field(default_factory=list)
+    model: str | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    overwrite: bool = False
+    scenario: str | None = None
+    data: str | None = None
+    label_column: str = "label"
+    task_column: str | None = None
+    classes_per_task: int | None = None
+    test_size: float = 0.3
+
+    def validate(self) -> RunConfig:
+        if self.epochs < 1:
+            raise LifelongError(f"epochs must be a positive integer, got {self.epochs}; try --epochs 5")
+        if self.batch_size < 1:
+            raise LifelongError(
+                f"batch size must be a positive integer, got {self.batch_size}; try --batch-size 32"
+            )
+        if not self.lr > 0:
+            raise LifelongError(f"learning rate must be positive, got {self.lr}; try --lr 0.001")
+        if self.optimizer not in OPTIMIZERS:
+            raise LifelongError(
+                f"unknown optimizer '{self.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}"
+            )
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise LifelongError(f"unknown device '{self.device}'; choose one of: auto, cpu, cuda")
+        if self.scenario is not None and self.scenario not in SCENARIOS:
+            raise LifelongError(f"unknown scenario '{self.scenario}'; choose one of: {', '.join(SCENARIOS)}")
+        if not 0 < self.test_size < 1:
+            raise LifelongError(
+                f"test size must be between 0 and 1, got {self.test_size}; try --test-size 0.3"
+            )
+        if self.classes_per_task is not None and self.classes_per_task < 1:
+            raise LifelongError(f"classes per task must be at least 1, got {self.classes_per_task}")
+        return self
+
+    @property
+    def stream_name(self) -> str:
+        return Path(self.data).stem if self.data else self.benchmark.partition(":")[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_yaml_config(path: Path) -> dict[str, Any]:
+    """Read a YAML config; keys are the long flag names with ``-`` or ``_``; ``strategy`` may be a list."""
+    import yaml
+
+    if not path.is_file():
+        raise LifelongError(f"config file {path} does not exist; check the path given to --config")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise LifelongError(
+            f"config file {path} is not valid YAML ({type(err).__name__}); fix its syntax"
+        ) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise LifelongError(
+            f"config file {path} must be a mapping of keys to values, not {type(raw).__name__}"
+        )
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name == "strategy":
+            name = "strategies"
+        if name not in known:
+            raise LifelongError(
+                f"config file {path}: unknown key '{key}'; known keys: {', '.join(sorted(known))}"
+            )
+        out[name] = _normalise_strategies(value, path) if name == "strategies" else value
+    return out
+
+
+def _normalise_strategies(value: Any, path: Path) -> list[str]:
+    """YAML strategies: a string, or a list whose items are strings, mappings with ``name``, or lists
+    of those (a composition)."""
+    from lifelong.spec import spec_from_mapping
+
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        parts = item if isinstance(item, list) else [item]
+        if not all(isinstance(p, str | dict) for p in parts):
+            raise LifelongError(
+                f"config file {path}: strategy entry {item!r} must be a name or a mapping with 'name'"
+            )
+        out.append("+".join(str(spec_from_mapping(p)) for p in parts))
+    return out
+
+
+def make_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
+    """Defaults, then the YAML file, then flags given on the command line (None means not given)."""
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None and v != []}}
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    for key, value in merged.items():
+        expected = str(types[key])
+        if "int" in expected and "float" not in expected and not isinstance(value, int | type(None)):
+            raise LifelongError(f"'{key}' must be an integer, got {value!r}")
+        if "float" in expected and not isinstance(value, int | float | type(None)):
+            raise LifelongError(f"'{key}' must be a number, got {value!r}")
+        if expected == "bool" and not isinstance(value, bool):
+            raise LifelongError(f"'{key}' must be true or false, got {value!r}")
+    return RunConfig(**merged).validate()

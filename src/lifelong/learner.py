@@ -1,0 +1,261 @@
+"""The one training loop. Every strategy plugs into it through the hooks of `strategies.base`.
+
+Read `Learner.fit` and `Learner.train_task` top to bottom: that is the whole algorithm.
+In-memory `TensorDataset`s take a fast path (the task moves to the device once, batches are index
+slices of a random permutation); any other dataset goes through a `DataLoader`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lifelong.errors import LifelongError
+from lifelong.strategies.base import Batch, Strategy
+from lifelong.stream import with_task_ids
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from lifelong.stream import Stream, Task
+
+OptimizerName = Literal["sgd", "adam", "adamw"]
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+# Masked logits get a large finite value, not -inf, so softmax-based penalties (KL) stay finite.
+MASKED_LOGIT = -1e4
+
+
+@dataclass
+class FitResult:
+    """What `Learner.fit` measured: ``matrix[i][j]`` is the score on task j after training task i."""
+
+    task_names: list[str]
+    matrix: list[list[float]] = field(default_factory=list)
+    initial_scores: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise LifelongError(
+            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto"
+        )
+    return resolved
+
+
+class Learner:
+    """Trains one model on a stream of tasks, applying strategies through their hooks.
+
+    Strategies read what they need from the learner: ``model``, ``device``, ``task``,
+    ``train_data`` (replaceable in ``before_task``), ``optimizer``, ``generator`` (the run's RNG,
+    so results repeat for a seed), ``forward`` and ``criterion``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        strategies: Sequence[Strategy] = (),
+        *,
+        epochs: int = 10,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        optimizer: OptimizerName = "adam",
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        eval_batch_size: int = 1024,
+        progress: Progress | None = None,
+    ) -> None:
+        if epochs < 1:
+            raise LifelongError(f"epochs must be at least 1, got {epochs}")
+        if batch_size < 1:
+            raise LifelongError(f"batch size must be at least 1, got {batch_size}")
+        if not lr > 0:
+            raise LifelongError(f"learning rate must be positive, got {lr}")
+        if optimizer not in OPTIMIZERS:
+            raise LifelongError(f"unknown optimizer '{optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.strategies = list(strategies)
+        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.optimizer_name = optimizer
+        self.eval_batch_size = eval_batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.progress = progress
+        self.stream: Stream | None = None
+        self.task: Task | None = None
+        self.train_data: Dataset = TensorDataset(torch.empty(0))
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._class_mask: torch.Tensor | None = None
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        stream: Stream,
+        *,
+        start_task: int = 0,
+        result: FitResult | None = None,
+        on_task_end: Callable[[Learner, FitResult], None] | None = None,
+    ) -> FitResult:
+        """Train every task in order and evaluate every task after each one.
+
+        ``start_task`` and ``result`` let a resumed run continue where a checkpoint left off.
+        """
+        self.stream = stream
+        self._class_mask = stream.class_mask().to(self.device) if stream.scenario == "task" else None
+        result = result or FitResult([t.name for t in stream])
+        if not result.initial_scores:
+            result.initial_scores = self.evaluate_all()  # the random-init baseline of forward transfer
+        bar = (
+            self.progress.add_task("tasks", total=len(stream), completed=start_task)
+            if self.progress
+            else None
+        )
+        for task in stream.tasks[start_task:]:
+            started = time.perf_counter()
+            self.train_task(task)
+            result.train_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            result.matrix.append(self.evaluate_all())
+            result.eval_seconds += time.perf_counter() - started
+            if on_task_end is not None:
+                on_task_end(self, result)
+            if self.progress and bar is not None:
+                self.progress.advance(bar)
+        if self.progress and bar is not None:
+            self.progress.remove_task(bar)
+        return result
+
+    def train_task(self, task: Task) -> None:
+        self.task = task
+        self.train_data = with_task_ids(task.train, task.index)
+        for strategy in self.strategies:
+            strategy.before_task(self, task)
+        self.optimizer = self.make_optimizer()
+        self.model.train()
+        epochs_bar = self._bar(f"{task.name} epochs", self.epochs)
+        for epoch in range(self.epochs):
+            batches = self.batches(self.train_data)
+            batch_bar = self._bar("batches", self._num_batches(self.train_data))
+            epoch_loss = torch.zeros((), device=self.device)
+            for batch in batches:
+                for strategy in self.strategies:
+                    batch = strategy.train_batch(self, batch)
+                outputs = self.forward(batch.x, batch.task_ids)
+                loss = self.criterion(outputs, batch.y)
+                for strategy in self.strategies:
+                    loss = loss + strategy.penalty(self, batch, outputs)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for strategy in self.strategies:
+                    strategy.after_backward(self)
+                self.optimizer.step()
+                epoch_loss += loss.detach()
+                self._advance(batch_bar)
+            # One check per epoch: a per-step check would force a device sync on every batch.
+            if not torch.isfinite(epoch_loss):
+                raise LifelongError(
+                    f"loss became {epoch_loss.item()} in task '{task.name}', epoch {epoch + 1}; "
+                    "lower the learning rate (--lr) or the strategy's penalty strength"
+                )
+            self._done(batch_bar)
+            self._advance(epochs_bar)
+        self._done(epochs_bar)
+        for strategy in self.strategies:
+            strategy.after_task(self, task)
+
+    # ---- pieces strategies use --------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; in the task-incremental scenario, masked to each sample's own task classes."""
+        logits: torch.Tensor = self.model(x)
+        if self._class_mask is not None and task_ids is not None:
+            logits = logits.masked_fill(~self._class_mask[task_ids], MASKED_LOGIT)
+        return logits
+
+    def criterion(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh optimizer per task, over whatever is trainable now (adapters may change it)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise LifelongError("the model has no trainable parameters; unfreeze some or add an adapter")
+        return OPTIMIZERS[self.optimizer_name](params, lr=self.lr)
+
+    def batches(
+        self, data: Dataset, *, shuffle: bool = True, batch_size: int | None = None
+    ) -> Iterator[Batch]:
+        size = batch_size or self.batch_size
+        if isinstance(data, TensorDataset):
+            x, y, *rest = (t.to(self.device, non_blocking=True) for t in data.tensors)
+            t = rest[0] if rest else torch.zeros_like(y)
+            n = len(y)
+            order = torch.randperm(n, generator=self.generator).to(self.device) if shuffle else None
+            for start in range(0, n, size):
+                if order is None:
+                    yield Batch(x[start : start + size], y[start : start + size], t[start : start + size])
+                else:
+                    idx = order[start : start + size]
+                    yield Batch(x[idx], y[idx], t[idx])
+            return
+        loader = DataLoader(data, batch_size=size, shuffle=shuffle, generator=self.generator)
+        for item in loader:
+            x, y, *rest = (v.to(self.device, non_blocking=True) for v in item)
+            default_id = self.task.index if self.task is not None else 0
+            yield Batch(x, y, rest[0] if rest else torch.full_like(y, default_id))
+
+    # ---- evaluation -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def evaluate(self, task: Task) -> float:
+        """Accuracy on the task's test set (task-incremental: among the task's own classes)."""
+        was_training = self.model.training
+        self.model.eval()
+        correct = total = 0
+        for batch in self.batches(
+            with_task_ids(task.test, task.index), shuffle=False, batch_size=self.eval_batch_size
+        ):
+            if not isinstance(task.test, TensorDataset):
+                batch.task_ids.fill_(task.index)
+            predictions = self.forward(batch.x, batch.task_ids).argmax(dim=1)
+            correct += int((predictions == batch.y).sum())
+            total += len(batch)
+        self.model.train(was_training)
+        return correct / max(total, 1)
+
+    def evaluate_all(self) -> list[float]:
+        if self.stream is None:
+            raise LifelongError("evaluate_all needs a stream; call fit(stream) first")
+        return [self.evaluate(task) for task in self.stream]
+
+    # ---- progress bars (no-ops without a Rich Progress) ---------------------------------------------
+
+    def _num_batches(self, data: Dataset) -> int:
+        return -(-len(data) // self.batch_size)  # type: ignore[arg-type]
+
+    def _bar(self, label: str, total: int) -> TaskID | None:
+        return self.progress.add_task(label, total=total) if self.progress else None
+
+    def _advance(self, bar: TaskID | None) -> None:
+        if self.progress and bar is not None:
+            self.progress.advance(bar)
+
+    def _done(self, bar: TaskID | None) -> None:
+        if self.progress and bar is not None:
+            self.progress.remove_task(bar)

@@ -1,0 +1,60 @@
+"""Small reference models, built by name from a stream's input shape and class count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from math import prod
+
+from torch import nn
+
+from lifelong.errors import LifelongError
+from lifelong.spec import Spec, bind, describe_options, parse_spec
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 256, depth: int = 2) -> nn.Module:
+    """Multi-layer perceptron: `depth` hidden ReLU layers of width `hidden` (default 64-256-256-10 on digits)."""
+    if hidden < 1 or depth < 0:
+        raise LifelongError(f"mlp needs hidden >= 1 and depth >= 0, got hidden={hidden}, depth={depth}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = prod(input_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: int = 32) -> nn.Module:
+    """1-D convolutional network for sequences such as MNIST-1D (three conv layers, one linear head)."""
+    if channels < 1:
+        raise LifelongError(f"cnn1d needs channels >= 1, got {channels}")
+    length = input_shape[-1]
+    return nn.Sequential(
+        nn.Unflatten(1, (1, length)) if len(input_shape) == 1 else nn.Identity(),
+        nn.Conv1d(1 if len(input_shape) == 1 else input_shape[0], channels, 5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(channels * ((((length + 1) // 2 + 1) // 2 + 1) // 2), num_classes),
+    )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn1d": cnn1d}
+
+
+def model_options(name: str) -> list[tuple[str, object]]:
+    return describe_options(MODELS[name], skip=("input_shape", "num_classes"))
+
+
+def build_model(spec: str | Spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """``build_model("mlp:hidden=512", (64,), 10)``; unknown names or options raise `LifelongError`."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.name not in MODELS:
+        raise LifelongError(f"unknown model '{spec.name}'; choose one of: {', '.join(MODELS)}")
+    model: nn.Module = bind(
+        MODELS[spec.name], spec, what="model", input_shape=tuple(input_shape), num_classes=num_classes
+    )
+    return model

@@ -1,0 +1,88 @@
+"""What a run tells its user: results.json and the tables printed at the end."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lifelong.checkpoint import atomic_write_json
+
+METRIC_LABELS = {
+    "average_accuracy": "final avg acc",
+    "average_incremental_accuracy": "avg incremental acc",
+    "forgetting": "forgetting",
+    "bwt": "BWT",
+    "fwt": "FWT",
+}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("lifelong", "torch", "numpy", "scikit-learn", "transformers", "peft"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_results(run_dir: Path, document: dict[str, Any]) -> Path:
+    """results.json, written last and atomically: its presence marks a finished run."""
+    path = run_dir / "results.json"
+    atomic_write_json(path, document)
+    return path
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def matrix_table(result: dict[str, Any], task_names: list[str]) -> Table:
+    table = Table(title=f"{result['strategy']}: accuracy matrix (row = after training, column = task)")
+    table.add_column("after", style="bold")
+    for name in task_names:
+        table.add_column(name, justify="right")
+    for name, row in zip(task_names, result["accuracy_matrix"], strict=True):
+        table.add_row(name, *(_fmt(v) for v in row))
+    return table
+
+
+def metrics_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"{result['strategy']}: metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label in METRIC_LABELS.items():
+        table.add_row(label, _fmt(result["metrics"][key]))
+    rates = result["metrics"]["forgetting_rate"]
+    table.add_row("forgetting rate", ", ".join(f"{k}={_fmt(v)}" for k, v in rates.items()))
+    table.add_row("train seconds", f"{result['train_seconds']:.2f}")
+    return table
+
+
+def comparison_table(results: list[dict[str, Any]]) -> Table:
+    table = Table(title="comparison across strategies")
+    table.add_column("strategy", style="bold")
+    for label in METRIC_LABELS.values():
+        table.add_column(label, justify="right")
+    table.add_column("train s", justify="right")
+    for result in results:
+        metrics = result["metrics"]
+        table.add_row(
+            result["strategy"],
+            *(_fmt(metrics[key]) for key in METRIC_LABELS),
+            f"{result['train_seconds']:.2f}",
+        )
+    return table
+
+
+def print_results(console: Console, document: dict[str, Any], task_names: list[str]) -> None:
+    for result in document["results"]:
+        console.print(matrix_table(result, task_names))
+        console.print(metrics_table(result))
+    if len(document["results"]) > 1:
+        console.print(comparison_table(document["results"]))

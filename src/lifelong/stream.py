@@ -1,0 +1,182 @@
+"""Tasks and streams: what a continual learner sees, in order.
+
+A `Stream` is an ordered list of `Task`s plus the scenario that says how they are scored:
+
+- ``class``: class-incremental. One head over every class; the task id is unknown at test time.
+- ``task``: task-incremental. The task id is known at test time, so logits are masked to the
+  task's own classes (in training and evaluation).
+- ``domain``: domain-incremental. Every task has the same labels; the inputs shift.
+
+Task data are `torch.utils.data.Dataset`s. A `TensorDataset` of ``(x, y)`` takes the Learner's fast
+path (index slicing, no per-sample collation); any other dataset yielding ``(x, y)`` pairs goes
+through a `DataLoader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset, TensorDataset
+
+from lifelong.errors import LifelongError
+
+Scenario = Literal["class", "task", "domain"]
+SCENARIOS: tuple[Scenario, ...] = ("class", "task", "domain")
+
+
+@dataclass
+class Task:
+    """One step of a stream: a training set, a test set and the classes it contains."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    classes: list[int]
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.train) == 0:  # type: ignore[arg-type]
+            raise LifelongError(f"task '{self.name}' has no training samples; give it data or drop it")
+        if len(self.test) == 0:  # type: ignore[arg-type]
+            raise LifelongError(f"task '{self.name}' has no test samples; lower --test-size or add data")
+
+
+@dataclass
+class Stream:
+    """An ordered sequence of tasks scored under one scenario."""
+
+    name: str
+    tasks: list[Task]
+    scenario: Scenario
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str] = field(default_factory=list)
+    default_model: str = "mlp"
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise LifelongError(f"unknown scenario '{self.scenario}'; use one of: {', '.join(SCENARIOS)}")
+        if not self.tasks:
+            raise LifelongError(f"stream '{self.name}' has no tasks")
+        for i, task in enumerate(self.tasks):
+            task.index = i
+        if not self.class_names:
+            self.class_names = [str(c) for c in range(self.num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def __getitem__(self, i: int) -> Task:
+        return self.tasks[i]
+
+    def class_mask(self) -> torch.Tensor:
+        """Boolean ``[num_tasks, num_classes]``: which logits each task may use (task-incremental)."""
+        mask = torch.zeros(len(self.tasks), self.num_classes, dtype=torch.bool)
+        for i, task in enumerate(self.tasks):
+            mask[i, task.classes] = True
+        return mask
+
+
+def tensor_dataset(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> TensorDataset:
+    """Float32 features and int64 labels, the layout the fast path expects."""
+    return TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
+
+
+def split_train_test(
+    x: np.ndarray, y: np.ndarray, test_size: float, seed: int, task_name: str
+) -> tuple[TensorDataset, TensorDataset]:
+    """Stratified split, so every class of the task appears in both halves."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_size < 1.0:
+        raise LifelongError(f"test size must be in (0, 1), got {test_size}; try --test-size 0.3")
+    labels, counts = np.unique(y, return_counts=True)
+    n_test = int(np.ceil(test_size * len(y)))
+    if counts.min() < 2 or n_test < len(labels) or len(y) - n_test < len(labels):
+        rare = labels[counts.argmin()]
+        raise LifelongError(
+            f"task '{task_name}': class {rare} has {counts.min()} sample(s), too few for a stratified "
+            f"train/test split of {len(y)} samples at test size {test_size}; "
+            "add samples or change --test-size"
+        )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
+    return tensor_dataset(x_tr, y_tr), tensor_dataset(x_te, y_te)
+
+
+def split_by_classes(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    class_groups: Sequence[Sequence[int]],
+    *,
+    scenario: Scenario = "class",
+    test_size: float = 0.3,
+    seed: int = 0,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    default_model: str = "mlp",
+) -> Stream:
+    """Split a labelled dataset into tasks of disjoint class groups (split-MNIST style)."""
+    tasks = []
+    for i, group in enumerate(class_groups):
+        keep = np.isin(y, list(group))
+        task_name = f"task{i}:" + ",".join(str(c) for c in group)
+        train, test = split_train_test(x[keep], y[keep], test_size, seed, task_name)
+        tasks.append(Task(task_name, train, test, sorted(int(c) for c in group)))
+    n = int(num_classes if num_classes is not None else y.max() + 1)
+    return Stream(name, tasks, scenario, n, tuple(x.shape[1:]), class_names or [], default_model)
+
+
+def permuted(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_tasks: int,
+    *,
+    test_size: float = 0.3,
+    seed: int = 0,
+    class_names: list[str] | None = None,
+    default_model: str = "mlp",
+) -> Stream:
+    """Domain-incremental stream: the same data under a fixed feature permutation per task.
+
+    The first task is left unpermuted so that task 0 is the original problem.
+    """
+    if num_tasks < 1:
+        raise LifelongError(f"a permuted stream needs at least 1 task, got {num_tasks}")
+    rng = np.random.default_rng(seed)
+    flat = x.reshape(len(x), -1)
+    classes = sorted(int(c) for c in np.unique(y))
+    tasks = []
+    for i in range(num_tasks):
+        order = np.arange(flat.shape[1]) if i == 0 else rng.permutation(flat.shape[1])
+        xi = flat[:, order].reshape(x.shape)
+        train, test = split_train_test(xi, y, test_size, seed, f"perm{i}")
+        tasks.append(Task(f"perm{i}", train, test, classes))
+    return Stream(
+        name, tasks, "domain", int(y.max() + 1), tuple(x.shape[1:]), class_names or [], default_model
+    )
+
+
+def with_task_ids(data: Dataset, task_index: int) -> Dataset:
+    """Attach the task index to every sample of an in-memory task, so mixed batches can be masked."""
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        x, y = data.tensors
+        return TensorDataset(x, y, torch.full_like(y, task_index))
+    return data
+
+
+def concat_datasets(datasets: Sequence[Dataset]) -> Dataset:
+    """One dataset of all; stays a `TensorDataset` (fast path) when every part is one."""
+    if all(isinstance(d, TensorDataset) for d in datasets):
+        parts = [d.tensors for d in datasets]  # type: ignore[attr-defined]
+        if len({len(p) for p in parts}) == 1:
+            return TensorDataset(*(torch.cat(column) for column in zip(*parts, strict=True)))
+    return ConcatDataset(datasets)
