@@ -49,7 +49,7 @@ def build_benchmark(spec: str | Spec, seed: int = 0, scenario: str | None = None
     bench = BENCHMARKS[spec.name]
     fixed: dict[str, Any] = {"seed": seed}
     if scenario is not None:
-        if scenario not in dict(bench.options()):
+        if "scenario" not in dict(bench.options()):
             raise LifelongError(f"benchmark '{spec.name}' has a fixed scenario; drop --scenario")
         fixed["scenario"] = scenario
     stream: Stream = bind(bench.build, spec, what="benchmark", **fixed)

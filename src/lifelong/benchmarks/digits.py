@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lifelong.errors import LifelongError
 from lifelong.stream import Scenario, Stream, permuted, split_by_classes
 
 
@@ -19,6 +20,8 @@ def split_digits(
     seed: int = 0, scenario: Scenario = "class", tasks: int = 5, test_size: float = 0.3
 ) -> Stream:
     """sklearn digits, 10 classes split into tasks of equal class groups (class-incremental)."""
+    if not 1 <= tasks <= 10:
+        raise LifelongError(f"split-digits has 10 classes, so tasks must be between 1 and 10, got {tasks}")
     x, y = load_digits_arrays()
     groups = [list(g) for g in np.array_split(np.arange(10), tasks)]
     return split_by_classes(

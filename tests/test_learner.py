@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from lifelong import LifelongError, build_benchmark, build_model, build_strategies
+from lifelong.learner import MASKED_LOGIT, Learner
+from lifelong.stream import Stream, Task, concat_datasets, with_task_ids
+
+
+class PairsOnly(Dataset):
+    """A dataset that is not a TensorDataset, so the Learner must use a DataLoader."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.data[i]
+
+
+def tiny_stream(scenario: str = "class", wrap: bool = False) -> Stream:
+    source = build_benchmark("split-digits", seed=0, scenario=scenario)
+    tasks = [
+        Task(
+            t.name, PairsOnly(t.train) if wrap else t.train, PairsOnly(t.test) if wrap else t.test, t.classes
+        )
+        for t in source.tasks[:3]
+    ]
+    return Stream("tiny", tasks, scenario, 10, source.input_shape)  # type: ignore[arg-type]
+
+
+def fit(stream: Stream, strategy: str = "naive", **kwargs) -> list[list[float]]:
+    torch.manual_seed(0)
+    model = build_model("mlp:hidden=32", stream.input_shape, stream.num_classes)
+    learner = Learner(model, build_strategies(strategy), epochs=2, lr=0.01, seed=0, device="cpu", **kwargs)
+    return learner.fit(stream).matrix
+
+
+def test_matrix_is_tasks_by_tasks_and_scores_are_accuracies() -> None:
+    matrix = fit(tiny_stream())
+    assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
+    assert all(0.0 <= v <= 1.0 for row in matrix for v in row)
+    assert matrix[0][0] > 0.9  # a 2-class digits task is easy
+
+
+def test_dataloader_path_trains_as_well_as_the_fast_path() -> None:
+    fast = fit(tiny_stream())
+    slow = fit(tiny_stream(wrap=True))
+    assert len(slow) == 3
+    for i in range(3):  # the batches differ (different shuffling code), the learning does not
+        assert abs(slow[i][i] - fast[i][i]) < 0.1
+
+
+def test_task_incremental_masks_logits_to_the_tasks_classes() -> None:
+    stream = tiny_stream("task")
+    learner = Learner(nn.Linear(64, 10), epochs=1, device="cpu")
+    learner.fit(stream)
+    logits = learner.forward(torch.zeros(2, 64), torch.tensor([0, 2]))
+    assert torch.all(logits[0, 2:] == MASKED_LOGIT) and torch.all(logits[0, :2] != MASKED_LOGIT)
+    assert torch.all(logits[1, 4:6] != MASKED_LOGIT) and logits[1, 0] == MASKED_LOGIT
+    # Task-incremental evaluation only chooses among the task's two classes: never below chance.
+    assert all(learner.evaluate(task) >= 0.5 for task in stream)
+
+
+def test_nan_loss_stops_with_a_clear_message() -> None:
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.w * torch.full((len(x), 10), float("nan"))
+
+    with pytest.raises(
+        LifelongError, match=r"loss became nan in task 'task0:0,1', epoch 1; lower the learning rate"
+    ):
+        Learner(Broken(), epochs=1, device="cpu").fit(tiny_stream())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch size"),
+        ({"lr": -1.0}, "learning rate"),
+        ({"optimizer": "rmsprop"}, "unknown optimizer"),
+    ],
+)
+def test_learner_rejects_bad_settings(kwargs: dict, phrase: str) -> None:
+    with pytest.raises(LifelongError, match=phrase):
+        Learner(nn.Linear(2, 2), **kwargs)
+
+
+def test_frozen_model_is_refused() -> None:
+    model = nn.Linear(64, 10).requires_grad_(False)
+    with pytest.raises(LifelongError, match="no trainable parameters"):
+        Learner(model, epochs=1, device="cpu").fit(tiny_stream())
+
+
+def test_joint_trains_on_every_task_seen_so_far_with_task_ids() -> None:
+    stream = tiny_stream()
+    seen_sizes = []
+
+    class Spy(build_strategies("naive")[0].__class__):
+        def before_task(self, learner, task) -> None:
+            _x, y, t = learner.train_data.tensors
+            seen_sizes.append((len(y), sorted(set(t.tolist()))))
+
+    joint = build_strategies("joint")[0]
+    learner = Learner(nn.Linear(64, 10), [joint, Spy()], epochs=1, device="cpu")
+    learner.fit(stream)
+    sizes = [len(t.train) for t in stream]
+    assert seen_sizes == [(sizes[0], [0]), (sizes[0] + sizes[1], [0, 1]), (sum(sizes), [0, 1, 2])]
+
+
+def test_composition_of_two_train_data_owners_is_refused() -> None:
+    with pytest.raises(LifelongError, match="cannot be combined"):
+        build_strategies("joint+joint")
+
+
+def test_dataset_helpers_keep_the_fast_path() -> None:
+    a = TensorDataset(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+    b = TensorDataset(torch.ones(2, 2), torch.ones(2, dtype=torch.long))
+    merged = concat_datasets([with_task_ids(a, 0), with_task_ids(b, 1)])
+    assert isinstance(merged, TensorDataset)
+    assert merged.tensors[2].tolist() == [0, 0, 0, 1, 1]
+
+
+def test_models_fit_their_streams() -> None:
+    for spec, shape in (
+        ("mlp", (64,)),
+        ("mlp:hidden=16,depth=1", (64,)),
+        ("cnn1d", (40,)),
+        ("cnn1d:channels=8", (40,)),
+    ):
+        model = build_model(spec, shape, 10)
+        assert model(torch.zeros(4, *shape)).shape == (4, 10)
+    with pytest.raises(LifelongError, match="has no option 'width'"):
+        build_model("mlp:width=3", (64,), 10)
