@@ -152,22 +152,25 @@ class Learner:
         for epoch in range(self.epochs):
             batches = self.batches(self.train_data)
             batch_bar = self._bar("batches", self._num_batches(self.train_data))
-            epoch_loss = torch.zeros((), device=self.device)
+            losses = []
             for batch in batches:
                 for strategy in self.strategies:
                     batch = strategy.train_batch(self, batch)
                 outputs = self.forward(batch.x, batch.task_ids)
                 loss = self.criterion(outputs, batch.y)
                 for strategy in self.strategies:
-                    loss = loss + strategy.penalty(self, batch, outputs)
+                    extra = strategy.penalty(self, batch, outputs)
+                    if isinstance(extra, torch.Tensor):  # a plain 0.0 would only add an autograd node
+                        loss = loss + extra
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for strategy in self.strategies:
                     strategy.after_backward(self)
                 self.optimizer.step()
-                epoch_loss += loss.detach()
+                losses.append(loss.detach())
                 self._advance(batch_bar)
             # One check per epoch: a per-step check would force a device sync on every batch.
+            epoch_loss = torch.stack(losses).sum()
             if not torch.isfinite(epoch_loss):
                 raise LifelongError(
                     f"loss became {epoch_loss.item()} in task '{task.name}', epoch {epoch + 1}; "

@@ -13,8 +13,8 @@ from rich.table import Table
 from lifelong.checkpoint import atomic_write_json
 
 METRIC_LABELS = {
-    "average_accuracy": "final avg acc",
-    "average_incremental_accuracy": "avg incremental acc",
+    "average_accuracy": "avg acc",
+    "average_incremental_accuracy": "avg inc acc",
     "forgetting": "forgetting",
     "bwt": "BWT",
     "fwt": "FWT",
