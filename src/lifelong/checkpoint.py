@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from lifelong.errors import LifelongError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -26,3 +32,108 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+
+
+# ---- checkpoints: tensors in safetensors, everything else in JSON, a manifest of checksums ----------
+
+CHECKPOINT_FORMAT = 1
+TENSORS_FILE, STATE_FILE, MANIFEST_FILE = "tensors.safetensors", "state.json", "manifest.json"
+
+
+def flatten_state(state: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested state into ``tensors`` under a dotted key; return the JSON rest.
+
+    Tensors are replaced by ``{"__tensor__": key}`` so `unflatten_state` can put them back.
+    """
+    if isinstance(state, torch.Tensor):
+        # safetensors refuses shared or strided storage: store an owned, contiguous copy.
+        tensors[prefix] = state.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(state, dict):
+        return {str(k): flatten_state(v, f"{prefix}.{k}", tensors) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(state)]
+    if state is None or isinstance(state, bool | int | float | str):
+        return state
+    raise LifelongError(
+        f"state entry '{prefix}' is a {type(state).__name__}; state may hold only tensors and JSON values"
+    )
+
+
+def unflatten_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, dict):
+        if set(tree) == {"__tensor__"}:
+            return tensors[tree["__tensor__"]]
+        return {k: unflatten_state(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [unflatten_state(v, tensors) for v in tree]
+    return tree
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Write a checkpoint folder whole or not at all.
+
+    Files go into ``<folder>.partial``, each flushed to disk, the manifest of checksums last; then the
+    folder is renamed into place. A crash at any point leaves either no ``folder`` or a complete one.
+    """
+    from safetensors.torch import save
+
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    atomic_write_bytes(partial / TENSORS_FILE, save(tensors))
+    atomic_write_json(partial / STATE_FILE, state)
+    manifest = {
+        "format": CHECKPOINT_FORMAT,
+        "files": {name: _sha256(partial / name) for name in (TENSORS_FILE, STATE_FILE)},
+    }
+    atomic_write_json(partial / MANIFEST_FILE, manifest)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Verify the manifest's checksums, then load tensors (safetensors, never pickle) and JSON state."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("format") != CHECKPOINT_FORMAT or set(files) != {TENSORS_FILE, STATE_FILE}:
+            raise ValueError("unknown format")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise LifelongError(
+            f"checkpoint {folder} has no valid {MANIFEST_FILE}; delete the folder to resume from an earlier task"
+        ) from None
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != expected:
+            raise LifelongError(
+                f"checkpoint file {path} does not match its checksum in {MANIFEST_FILE} (changed or truncated); "
+                "delete the folder to resume from an earlier task"
+            )
+    try:
+        tensors = load((folder / TENSORS_FILE).read_bytes())
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except (SafetensorError, ValueError, UnicodeDecodeError) as err:
+        raise LifelongError(
+            f"checkpoint {folder} cannot be read ({err}); delete it to resume from an earlier task"
+        ) from None
+    return tensors, state
+
+
+def latest_checkpoint(strategy_dir: Path) -> Path | None:
+    """The checkpoint of the last completed task (``task-<i>``), ignoring unfinished ``.partial`` ones."""
+    done = [p for p in strategy_dir.glob("task-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-", 1)[1]), default=None)

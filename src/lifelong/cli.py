@@ -62,6 +62,9 @@ def run(
     test_size: Annotated[
         float | None, typer.Option(help="Held-out share of each task.  [default: 0.3]")
     ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the unfinished run in this folder after its last complete task.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
@@ -87,6 +90,14 @@ def run(
         "scenario": scenario,
         "test_size": test_size,
     }
+    if resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None and v != []]
+        if given or config is not None:
+            raise LifelongError(
+                f"--resume continues a run with its own saved settings; drop {', '.join(given) or '--config'}"
+            )
+        run_experiment(console=console, show_progress=progress, resume=resume)
+        return
     file_values = load_yaml_config(config) if config else {}
     run_experiment(make_config(file_values, flags), console, show_progress=progress)
 

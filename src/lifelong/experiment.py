@@ -1,11 +1,18 @@
 """One whole experiment: build the stream, train each strategy on it from the same start, score it.
 
 `lifelong run` is a thin shell around `run_experiment`; Python users can call it with a `RunConfig`.
+
+A run folder holds ``run.json`` (the config, written first), ``checkpoints/<k>-<strategy>/task-<i>/``
+(the state after each task, so ``--resume`` continues after the last complete one), ``metrics.jsonl``
+(one line per evaluation) and, once every strategy has finished, ``results.json``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import re
 import shutil
 import time
 from datetime import datetime
@@ -19,13 +26,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lifelong import metrics
 from lifelong.benchmarks import build_benchmark
+from lifelong.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
 from lifelong.config import RunConfig
 from lifelong.errors import LifelongError
-from lifelong.learner import Learner
+from lifelong.learner import FitResult, Learner
 from lifelong.models import build_model
 from lifelong.report import print_results, versions, write_results
 from lifelong.strategies import REGISTRY, build_strategies
 from lifelong.stream import Stream
+
+RUN_FILE, RESULTS_FILE, METRICS_LOG = "run.json", "results.json", "metrics.jsonl"
+OWNED = (RUN_FILE, RESULTS_FILE, METRICS_LOG, "checkpoints", "report.md", "report.html", "plots")
 
 
 def seed_everything(seed: int) -> None:
@@ -54,25 +65,52 @@ def build_stream(config: RunConfig) -> Stream:
     return build_benchmark(config.benchmark, seed=config.seed, scenario=config.scenario)
 
 
+def config_fingerprint(config: RunConfig, compositions: list[str]) -> str:
+    """What a checkpoint must agree with to be resumed: every setting that changes the numbers."""
+    settings = {k: v for k, v in config.to_json().items() if k not in ("out", "overwrite")}
+    settings["strategies"] = compositions
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def strategy_dir(run_dir: Path, index: int, composition: str) -> Path:
+    return run_dir / "checkpoints" / f"{index}-{re.sub(r'[^A-Za-z0-9_.=+-]+', '_', composition)[:80]}"
+
+
 def prepare_run_dir(config: RunConfig) -> Path:
-    """The run folder; one that holds a finished run is only reused with ``overwrite``."""
+    """The run folder; one that holds a run (finished or not) is only reused with ``overwrite``."""
     if config.out:
         run_dir = Path(config.out)
     else:
         run_dir = Path("runs") / f"{config.stream_name}-{datetime.now():%Y%m%d-%H%M%S}"
-    if (run_dir / "results.json").exists() and not config.overwrite:
-        raise LifelongError(
-            f"{run_dir} already holds a finished run; pass --overwrite or choose another --out"
-        )
     if run_dir.exists() and not run_dir.is_dir():
         raise LifelongError(f"--out {run_dir} is a file, not a folder; choose another path")
+    if not config.overwrite:
+        if (run_dir / RESULTS_FILE).exists():
+            raise LifelongError(
+                f"{run_dir} already holds a finished run; pass --overwrite or choose another --out"
+            )
+        if (run_dir / RUN_FILE).exists():
+            raise LifelongError(
+                f"{run_dir} holds an unfinished run; continue it with --resume {run_dir}, or pass --overwrite"
+            )
     return run_dir
 
 
 def run_strategy(
-    config: RunConfig, stream: Stream, composition: str, progress: Progress | None = None
+    config: RunConfig,
+    stream: Stream,
+    composition: str,
+    progress: Progress | None = None,
+    folder: Path | None = None,
+    fingerprint: str = "",
 ) -> dict[str, Any]:
-    """Train a fresh model (same seed, same initial weights) with one strategy composition."""
+    """Train a fresh model (same seed, same initial weights) with one strategy composition.
+
+    With ``folder`` the state is checkpointed after every task, and a run found there is resumed.
+    """
+    if folder is not None and (folder / "result.json").is_file():
+        finished: dict[str, Any] = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        return finished
     strategies = build_strategies(composition)
     seed_everything(config.seed)
     model = build_model(config.model or stream.default_model, stream.input_shape, stream.num_classes)
@@ -87,8 +125,36 @@ def run_strategy(
         seed=config.seed,
         progress=progress,
     )
-    fit = learner.fit(stream)
-    return {
+    start, result = 0, None
+    checkpoint = latest_checkpoint(folder) if folder is not None else None
+    if checkpoint is not None:
+        tensors, state = load_checkpoint(checkpoint)
+        if state.get("fingerprint") != fingerprint:
+            raise LifelongError(
+                f"checkpoint {checkpoint} was written with a different config than this run's {RUN_FILE}; "
+                "resume with the original settings or start a new run"
+            )
+        learner.restore_state(tensors, state["learner"])
+        result = FitResult(**state["result"])
+        start = len(result.matrix)
+
+    def on_task_end(learner: Learner, fit: FitResult) -> None:
+        if folder is None:
+            return
+        done = len(fit.matrix)
+        with (folder.parent.parent / METRICS_LOG).open("a", encoding="utf-8") as log:
+            log.write(
+                json.dumps({"strategy": composition, "after_task": done - 1, "scores": fit.matrix[-1]}) + "\n"
+            )
+        tensors, tree = learner.checkpoint_state()
+        state = {"fingerprint": fingerprint, "learner": tree, "result": vars(fit)}
+        save_checkpoint(folder / f"task-{done - 1}", tensors, state)
+        for older in folder.glob("task-*"):  # keep only the newest complete checkpoint
+            if older.name != f"task-{done - 1}":
+                shutil.rmtree(older, ignore_errors=True)
+
+    fit = learner.fit(stream, start_task=start, result=result, on_task_end=on_task_end)
+    record = {
         "strategy": composition,
         "accuracy_matrix": fit.matrix,
         "metrics": metrics.summarize(fit.matrix, fit.task_names, initial_scores=fit.initial_scores),
@@ -96,20 +162,59 @@ def run_strategy(
         "train_seconds": round(fit.train_seconds, 4),
         "eval_seconds": round(fit.eval_seconds, 4),
     }
+    if folder is not None:
+        atomic_write_json(folder / "result.json", record)
+    return record
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, list[str]]:
+    """The config and strategies of an unfinished run, for ``--resume``."""
+    path = run_dir / RUN_FILE
+    if (run_dir / RESULTS_FILE).exists():
+        raise LifelongError(f"{run_dir} holds a finished run; there is nothing to resume")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        config = RunConfig(**saved["config"])
+        compositions = [str(c) for c in saved["strategies"]]
+    except FileNotFoundError:
+        raise LifelongError(
+            f"{run_dir} has no {RUN_FILE}; --resume takes the folder of a run started earlier"
+        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise LifelongError(f"{path} is damaged; start a new run instead of resuming this one") from None
+    return config.validate(), compositions
 
 
 def run_experiment(
-    config: RunConfig, console: Console | None = None, show_progress: bool = True
+    config: RunConfig | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+    resume: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every strategy of the config on its stream; write and return the results document."""
+    """Run every strategy of the config on its stream; write and return the results document.
+
+    ``resume`` continues the unfinished run in that folder, after its last complete task.
+    """
     console = console or Console()
-    config.validate()
-    compositions = config.strategies or default_strategies()
-    for composition in compositions:  # fail on a bad name before any training starts
-        build_strategies(composition)
-    run_dir = prepare_run_dir(config)
+    if resume is not None:
+        config, compositions = load_run(resume)
+        run_dir = resume
+    else:
+        if config is None:
+            raise LifelongError("run_experiment needs a config or a run folder to resume")
+        config.validate()
+        compositions = config.strategies or default_strategies()
+        for composition in compositions:  # fail on a bad name before any training starts
+            build_strategies(composition)
+        run_dir = prepare_run_dir(config)
     stream = build_stream(config)
+    fingerprint = config_fingerprint(config, compositions)
     created = not run_dir.exists()
+    if resume is None:
+        for name in OWNED:  # --overwrite: the old run's files must not mix with the new one's
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        atomic_write_json(run_dir / RUN_FILE, {"config": config.to_json(), "strategies": compositions})
     started = time.perf_counter()
     results = []
     try:
@@ -123,9 +228,10 @@ def run_experiment(
             disable=not show_progress,
         ) as progress:
             overall = progress.add_task("strategies", total=len(compositions))
-            for composition in compositions:
+            for index, composition in enumerate(compositions):
                 progress.update(overall, description=f"strategy {composition}")
-                results.append(run_strategy(config, stream, composition, progress))
+                folder = strategy_dir(run_dir, index, composition)
+                results.append(run_strategy(config, stream, composition, progress, folder, fingerprint))
                 progress.advance(overall)
         document = {
             "benchmark": stream.name,
@@ -137,10 +243,14 @@ def run_experiment(
             "results": results,
         }
         write_results(run_dir, document)
-    except BaseException:
-        if created and run_dir.exists():
-            shutil.rmtree(run_dir)  # nothing finished: leave no folder a later run could mistake for one
+    except BaseException as err:
+        if created and not any((run_dir / "checkpoints").glob("*/task-*")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing finished: leave nothing behind
+        elif isinstance(err, LifelongError):
+            raise LifelongError(
+                f"{err}; the last complete task is kept: continue with --resume {run_dir}"
+            ) from None
         raise
     print_results(console, document, [task.name for task in stream])
-    console.print(f"results written to {run_dir / 'results.json'}")
+    console.print(f"results written to {run_dir / RESULTS_FILE}")
     return document

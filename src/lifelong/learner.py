@@ -7,16 +7,19 @@ slices of a random permutation); any other dataset goes through a `DataLoader`.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lifelong.checkpoint import flatten_state, unflatten_state
 from lifelong.errors import LifelongError
 from lifelong.strategies.base import Batch, Strategy
 from lifelong.stream import with_task_ids
@@ -246,6 +249,51 @@ class Learner:
         if self.stream is None:
             raise LifelongError("evaluate_all needs a stream; call fit(stream) first")
         return [self.evaluate(task) for task in self.stream]
+
+    # ---- checkpoint state -------------------------------------------------------------------------
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Model weights, every strategy's state and every RNG, as (tensors, JSON) for a checkpoint.
+
+        The optimizer is not saved: each task starts a fresh one (see `make_optimizer`), so a run
+        resumed at a task boundary needs none.
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        rng: dict[str, Any] = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        tree = {
+            "model": flatten_state(self.model.state_dict(), "model", tensors),
+            "strategies": [
+                flatten_state(st.state_dict(), f"strategy{i}", tensors)
+                for i, st in enumerate(self.strategies)
+            ],
+            "strategy_names": [st.name for st in self.strategies],
+            "rng": flatten_state(rng, "rng", tensors),
+            "numpy_rng": [kind, np.asarray(keys).tolist(), pos, has_gauss, cached],
+            "python_rng": random.getstate(),
+        }
+        return tensors, tree
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], tree: dict[str, Any]) -> None:
+        names = [st.name for st in self.strategies]
+        if tree["strategy_names"] != names:
+            raise LifelongError(
+                f"checkpoint holds strategies {tree['strategy_names']}, this run has {names}; resume with the same strategies"
+            )
+        self.model.load_state_dict(unflatten_state(tree["model"], tensors))
+        for strategy, state in zip(self.strategies, tree["strategies"], strict=True):
+            strategy.load_state_dict(unflatten_state(state, tensors))
+        rng = unflatten_state(tree["rng"], tensors)
+        self.generator.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        kind, keys, pos, has_gauss, cached = tree["numpy_rng"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        version, internal, gauss = tree["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
 
     # ---- progress bars (no-ops without a Rich Progress) ---------------------------------------------
 
