@@ -35,6 +35,7 @@ class RunConfig:
     test_size: float = 0.3
 
     def validate(self) -> RunConfig:
+        self._check_types()
         if self.epochs < 1:
             raise LifelongError(f"epochs must be a positive integer, got {self.epochs}; try --epochs 5")
         if self.batch_size < 1:
@@ -58,6 +59,28 @@ class RunConfig:
         if self.classes_per_task is not None and self.classes_per_task < 1:
             raise LifelongError(f"classes per task must be at least 1, got {self.classes_per_task}")
         return self
+
+    def _check_types(self) -> None:
+        """YAML and saved run files can hold anything: check each value's kind before using it."""
+        for f in dataclasses.fields(self):
+            value, expected = getattr(self, f.name), str(f.type)
+            if value is None and "None" in expected:
+                continue
+            if expected.startswith("bool"):
+                ok = isinstance(value, bool)
+            elif expected.startswith("int"):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif expected.startswith("float"):
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+            elif expected.startswith("str"):
+                ok = isinstance(value, str)
+            else:  # list[str]
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            if not ok:
+                kind = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text"}.get(
+                    expected.split(" ")[0], "a list of names"
+                )
+                raise LifelongError(f"'{f.name}' must be {kind}, got {value!r}")
 
     @property
     def stream_name(self) -> str:
@@ -119,13 +142,8 @@ def _normalise_strategies(value: Any, path: Path) -> list[str]:
 def make_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
     """Defaults, then the YAML file, then flags given on the command line (None means not given)."""
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None and v != []}}
-    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
-    for key, value in merged.items():
-        expected = str(types[key])
-        if "int" in expected and "float" not in expected and not isinstance(value, int | type(None)):
-            raise LifelongError(f"'{key}' must be an integer, got {value!r}")
-        if "float" in expected and not isinstance(value, int | float | type(None)):
-            raise LifelongError(f"'{key}' must be a number, got {value!r}")
-        if expected == "bool" and not isinstance(value, bool):
-            raise LifelongError(f"'{key}' must be true or false, got {value!r}")
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise LifelongError(f"unknown setting '{unknown[0]}'; known settings: {', '.join(sorted(known))}")
     return RunConfig(**merged).validate()

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lifelong import metrics
 from lifelong.benchmarks import build_benchmark
 from lifelong.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
-from lifelong.config import RunConfig
+from lifelong.config import RunConfig, make_config
 from lifelong.errors import LifelongError
 from lifelong.learner import FitResult, Learner
 from lifelong.models import build_model
@@ -174,15 +174,15 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[str]]:
         raise LifelongError(f"{run_dir} holds a finished run; there is nothing to resume")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        config = RunConfig(**saved["config"])
+        config = make_config(saved["config"], {})
         compositions = [str(c) for c in saved["strategies"]]
     except FileNotFoundError:
         raise LifelongError(
             f"{run_dir} has no {RUN_FILE}; --resume takes the folder of a run started earlier"
         ) from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, LifelongError):
         raise LifelongError(f"{path} is damaged; start a new run instead of resuming this one") from None
-    return config.validate(), compositions
+    return config, compositions
 
 
 def run_experiment(

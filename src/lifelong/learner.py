@@ -188,8 +188,15 @@ class Learner:
     # ---- pieces strategies use --------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits; in the task-incremental scenario, masked to each sample's own task classes."""
-        logits: torch.Tensor = self.model(x)
+        """Logits; in the task-incremental scenario, masked to each sample's own task classes.
+
+        A model with ``takes_task_ids = True`` (a multi-head network, per-task adapters) is also
+        given each sample's task id.
+        """
+        if getattr(self.model, "takes_task_ids", False):
+            logits: torch.Tensor = self.model(x, task_ids)
+        else:
+            logits = self.model(x)
         if self._class_mask is not None and task_ids is not None:
             logits = logits.masked_fill(~self._class_mask[task_ids], MASKED_LOGIT)
         return logits
