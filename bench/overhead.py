@@ -56,7 +56,14 @@ def learner_loop(stream, seed: int, strategy: str = "naive") -> list[list[float]
     torch.manual_seed(seed)
     model = build_model("mlp", stream.input_shape, stream.num_classes)
     learner = Learner(
-        model, build_strategies(strategy), epochs=EPOCHS, batch_size=BATCH, lr=LR, optimizer="sgd", seed=seed, device="cpu"
+        model,
+        build_strategies(strategy),
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        lr=LR,
+        optimizer="sgd",
+        seed=seed,
+        device="cpu",
     )
     return learner.fit(stream).matrix
 

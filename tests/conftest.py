@@ -4,8 +4,13 @@ import sys
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from lifelong.cli import main
+
+# The tests train tiny models, for which one thread is fastest; on a shared 2-core machine, two
+# threads per process mostly wait for each other.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

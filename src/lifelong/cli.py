@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lifelong.cli_adapters import adapters_app
 from lifelong.errors import LifelongError
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Continual learning: train task after task without forgetting, and measure what was forgotten.",
 )
+app.add_typer(adapters_app, name="adapters")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -63,7 +65,8 @@ def run(
         float | None, typer.Option(help="Held-out share of each task.  [default: 0.3]")
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue the unfinished run in this folder after its last complete task.")
+        Path | None,
+        typer.Option(help="Continue the unfinished run in this folder after its last complete task."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -100,6 +103,18 @@ def run(
         return
     file_values = load_yaml_config(config) if config else {}
     run_experiment(make_config(file_values, flags), console, show_progress=progress)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders holding results.json.")],
+    out: Annotated[Path | None, typer.Option(help="Combine the runs into one report in this folder.")] = None,
+) -> None:
+    """Regenerate the HTML and Markdown reports of finished runs, or combine several into one."""
+    from lifelong.report import report_runs
+
+    for path in report_runs(run_dirs, out):
+        console.print(f"report written to {path}")
 
 
 @app.command()

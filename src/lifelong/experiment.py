@@ -31,7 +31,7 @@ from lifelong.config import RunConfig, make_config
 from lifelong.errors import LifelongError
 from lifelong.learner import FitResult, Learner
 from lifelong.models import build_model
-from lifelong.report import print_results, versions, write_results
+from lifelong.report import print_results, versions, write_report, write_results
 from lifelong.strategies import REGISTRY, build_strategies
 from lifelong.stream import Stream
 
@@ -253,4 +253,11 @@ def run_experiment(
         raise
     print_results(console, document, [task.name for task in stream])
     console.print(f"results written to {run_dir / RESULTS_FILE}")
+    try:
+        _, html = write_report(run_dir, document)
+        console.print(f"report written to {html}")
+    except Exception as err:  # the results are safe on disk; a plotting problem must not lose the run
+        console.print(
+            f"[yellow]warning:[/] the report could not be written ({err}); retry with lifelong report {run_dir}"
+        )
     return document

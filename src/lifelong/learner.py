@@ -66,7 +66,8 @@ class Learner:
 
     Strategies read what they need from the learner: ``model``, ``device``, ``task``,
     ``train_data`` (replaceable in ``before_task``), ``optimizer``, ``generator`` (the run's RNG,
-    so results repeat for a seed), ``forward`` and ``criterion``.
+    so results repeat for a seed), ``forward``, ``criterion`` and ``logits`` (the current
+    training batch's logits before task-incremental masking).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class Learner:
         self.train_data: Dataset = TensorDataset(torch.empty(0))
         self.optimizer: torch.optim.Optimizer | None = None
         self._class_mask: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None  # this training batch's logits before masking
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -159,7 +161,9 @@ class Learner:
             for batch in batches:
                 for strategy in self.strategies:
                     batch = strategy.train_batch(self, batch)
-                outputs = self.forward(batch.x, batch.task_ids)
+                # The unmasked logits stay readable: distillation needs the other tasks' heads too.
+                self.logits = self.model_logits(batch.x, batch.task_ids)
+                outputs = self.mask(self.logits, batch.task_ids)
                 loss = self.criterion(outputs, batch.y)
                 for strategy in self.strategies:
                     extra = strategy.penalty(self, batch, outputs)
@@ -188,15 +192,19 @@ class Learner:
     # ---- pieces strategies use --------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits; in the task-incremental scenario, masked to each sample's own task classes.
+        """Logits; in the task-incremental scenario, masked to each sample's own task classes."""
+        return self.mask(self.model_logits(x, task_ids), task_ids)
 
-        A model with ``takes_task_ids = True`` (a multi-head network, per-task adapters) is also
-        given each sample's task id.
-        """
+    def model_logits(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's raw logits. A model with ``takes_task_ids = True`` (a multi-head network,
+        per-task adapters) is also given each sample's task id."""
         if getattr(self.model, "takes_task_ids", False):
             logits: torch.Tensor = self.model(x, task_ids)
         else:
             logits = self.model(x)
+        return logits
+
+    def mask(self, logits: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor:
         if self._class_mask is not None and task_ids is not None:
             logits = logits.masked_fill(~self._class_mask[task_ids], MASKED_LOGIT)
         return logits

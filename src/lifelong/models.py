@@ -7,6 +7,7 @@ from math import prod
 
 from torch import nn
 
+from lifelong.benchmarks.text import minilm, tiny_bert
 from lifelong.errors import LifelongError
 from lifelong.spec import Spec, bind, describe_options, parse_spec
 
@@ -42,7 +43,12 @@ def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: int = 32) ->
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn1d": cnn1d}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "cnn1d": cnn1d,
+    "minilm": minilm,
+    "tiny-bert": tiny_bert,
+}
 
 
 def model_options(name: str) -> list[tuple[str, object]]:

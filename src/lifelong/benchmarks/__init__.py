@@ -12,6 +12,7 @@ from typing import Any
 
 from lifelong.benchmarks.digits import permuted_digits, split_digits
 from lifelong.benchmarks.mnist1d import permuted_mnist1d, split_mnist1d
+from lifelong.benchmarks.text import split_pydoc
 from lifelong.errors import LifelongError
 from lifelong.spec import Spec, bind, describe_options, parse_spec
 from lifelong.stream import Stream
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("permuted-digits", permuted_digits),
         Benchmark("split-mnist1d", split_mnist1d),
         Benchmark("permuted-mnist1d", permuted_mnist1d),
+        Benchmark("split-pydoc", split_pydoc),
     )
 }
 

@@ -14,6 +14,7 @@ from lifelong.strategies.base import Batch, Strategy
 from lifelong.strategies.derpp import DERPP
 from lifelong.strategies.ewc import EWC
 from lifelong.strategies.joint import Joint
+from lifelong.strategies.lora import LoRA
 from lifelong.strategies.lwf import LwF
 from lifelong.strategies.mas import MAS
 from lifelong.strategies.naive import Naive
@@ -30,6 +31,7 @@ REGISTRY: dict[str, type[Strategy]] = {
     "mas": MAS,
     "lwf": LwF,
     "agem": AGEM,
+    "lora": LoRA,
 }
 ALIASES: dict[str, str] = {"distill": "lwf", "derpp": "der++"}
 
@@ -73,6 +75,7 @@ __all__ = [
     "SI",
     "Batch",
     "Joint",
+    "LoRA",
     "LwF",
     "Naive",
     "Replay",

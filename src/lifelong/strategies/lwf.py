@@ -23,8 +23,6 @@ from lifelong.errors import LifelongError
 from lifelong.strategies.base import Batch, Strategy
 
 if TYPE_CHECKING:
-    from torch.utils.hooks import RemovableHandle
-
     from lifelong.learner import Learner
     from lifelong.stream import Task
 
@@ -48,8 +46,6 @@ class LwF(Strategy):
         self.teacher: nn.Module | None = None
         self.heads: torch.Tensor | None = None  # bool [H, C]: the logits each distilled softmax covers
         self._pending: dict[str, torch.Tensor] | None = None  # teacher weights loaded, not yet rebuilt
-        self._hook: RemovableHandle | None = None
-        self._raw: torch.Tensor | None = None
 
     # ---- the loss, usable from any training loop ---------------------------------------------------
 
@@ -88,17 +84,11 @@ class LwF(Strategy):
     # ---- hooks -------------------------------------------------------------------------------------
 
     def before_task(self, learner: Learner, task: Task) -> None:
-        self._detach_hook()
         self.teacher, self._pending, self.heads = None, None, None
         if task.index == 0 or self.alpha == 0:
             return  # nothing learned yet: the first task trains on the plain task loss
         self.teacher = self._snapshot(learner.model)
         self.heads = self._old_heads(learner, task)
-        if learner.stream is not None and learner.stream.scenario == "task":
-            # The Learner masks other tasks' logits before penalties see them, but the old heads are
-            # exactly what must be distilled. Catch the unmasked logits of the Learner's own forward
-            # instead of paying a second forward of the model (see `_student_logits`).
-            self._hook = learner.model.register_forward_hook(self._keep_raw)
 
     def penalty(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor | float:
         if self.alpha == 0:
@@ -108,13 +98,11 @@ class LwF(Strategy):
             return 0.0
         with torch.no_grad():  # the one extra forward LwF costs
             old = teacher(batch.x)
-        new = self._student_logits(learner, batch, outputs)
+        # Unmasked: in the task-incremental scenario the old heads are what must be distilled.
+        new = learner.logits if learner.logits is not None else outputs
         kd = self.distillation_loss(new, old, self.heads, self.temperature)
         # alpha*T^2*KL - alpha*task_loss: added to the Learner's task loss this is the seed's mix.
         return self.alpha * (self.temperature**2 * kd - learner.criterion(outputs, batch.y))
-
-    def after_task(self, learner: Learner, task: Task) -> None:
-        self._detach_hook()
 
     def state_dict(self) -> dict[str, Any]:
         weights = self._pending if self.teacher is None else self.teacher.state_dict()
@@ -137,14 +125,10 @@ class LwF(Strategy):
 
     # ---- pieces ------------------------------------------------------------------------------------
 
-    def _snapshot(self, model: nn.Module) -> nn.Module:
-        hook, self._hook = self._hook, None
-        if hook is not None:
-            hook.remove()  # a deep copy would otherwise carry our hook (and this strategy) along
+    @staticmethod
+    def _snapshot(model: nn.Module) -> nn.Module:
         teacher = copy.deepcopy(model).eval()
         teacher.requires_grad_(False)
-        if hook is not None:
-            self._hook = model.register_forward_hook(self._keep_raw)
         return teacher
 
     def _teacher(self, learner: Learner) -> nn.Module | None:
@@ -168,28 +152,3 @@ class LwF(Strategy):
             if bool(earlier.all()):
                 return None
         return earlier.to(learner.device)
-
-    def _keep_raw(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
-        self._raw = output
-
-    def _student_logits(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor:
-        """The current model's logits on the batch, before any task-incremental masking."""
-        if self._hook is None:
-            return outputs  # class- and domain-incremental: nothing is masked
-        raw, self._raw = self._raw, None
-        # Use the caught tensor only if it is provably the one `outputs` was masked from (another
-        # strategy may have run the model in between); otherwise pay for a forward of our own.
-        fn = outputs.grad_fn
-        if raw is not None and (
-            raw is outputs
-            or (fn is not None and raw.grad_fn is not None and fn.next_functions[0][0] is raw.grad_fn)
-        ):
-            return raw
-        logits: torch.Tensor = learner.model(batch.x)
-        self._raw = None
-        return logits
-
-    def _detach_hook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-        self._hook, self._raw = None, None

@@ -1,14 +1,126 @@
-"""Placeholder until the strategy lands."""
+"""Memory Aware Synapses (Aljundi et al. 2018).
+
+A parameter matters to a task when the network's output moves with it: after each task,
+``Omega_i += mean over samples of |d ||f(x)||_2^2 / d theta_i|`` (per-sample gradients, no labels
+needed), and later tasks pay ``lambda * sum Omega (theta - theta*)^2``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from lifelong.errors import LifelongError
+from lifelong.strategies.anchors import (
+    Forward,
+    QuadraticPenalty,
+    Tensors,
+    add_into,
+    eval_mode,
+    pack,
+    per_sample_sum,
+    samples_of,
+    select_parameters,
+    snapshot,
+    task_batches,
+    unpack,
+)
 from lifelong.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    from lifelong.learner import Learner
+    from lifelong.strategies.base import Batch
+    from lifelong.stream import Task
+
+
+def _squared_norm(logits: torch.Tensor) -> torch.Tensor:
+    return logits.square().sum()
 
 
 class MAS(Strategy):
-    """Not implemented yet."""
+    """Memory Aware Synapses: lambda * sum Omega (theta - theta*)^2, Omega = mean |d||f(x)||^2/d theta|."""
 
     name = "mas"
+    aliases: ClassVar[dict[str, str]] = {"lambda": "lambda_mas"}
 
-    def __init__(self) -> None:
-        raise NotImplementedError("mas is not implemented yet")
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        lambda_mas: float = 0.1,
+        chunk_size: int = 64,
+        samples: int | None = None,
+        trainable_only: bool = True,
+    ) -> None:
+        if not lambda_mas >= 0:
+            raise LifelongError(f"mas lambda must be >= 0, got {lambda_mas}; try lambda=0.1")
+        if chunk_size < 1 or (samples is not None and samples < 1):
+            raise LifelongError("mas chunk_size and samples must be positive; try chunk_size=64")
+        self.model = model
+        self.lambda_mas, self.chunk_size, self.samples = lambda_mas, chunk_size, samples
+        self.trainable_only = trainable_only
+        self.importance: Tensors = {}
+        self.anchor: Tensors = {}
+        self.tasks = 0
+        self._penalty = QuadraticPenalty()
+
+    def before_task(self, learner: Learner, task: Task) -> None:
+        self.model = learner.model
+        self._penalty.bind(learner.model)
+
+    def penalty(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor | float:
+        return self._penalty(getattr(learner, "optimizer", None)) if self._penalty else 0.0
+
+    def after_task(self, learner: Learner, task: Task) -> None:
+        data = task_batches(learner, self.chunk_size, shuffle=self.samples is not None)
+        self.compute_importance(data, forward=learner.forward)
+
+    def compute_importance(
+        self, batches: Iterable[Sequence[torch.Tensor]], forward: Forward | None = None
+    ) -> Tensors:
+        """This task's importance from (x, ...) batches; accumulate it and anchor at the current weights."""
+        if self.model is None:
+            raise LifelongError(
+                "MAS has no model; create it as MAS(model, ...) or train it through a Learner"
+            )
+        model = self.model
+        params = select_parameters(model, self.trainable_only)
+        total: Tensors = {}
+        seen = 0
+        with eval_mode(model):
+            for x, _, t in samples_of(
+                batches, next(model.parameters()).device, self.chunk_size, self.samples
+            ):
+                part = per_sample_sum(
+                    model, forward, list(params), _squared_norm, 1, x, t, chunk_size=self.chunk_size
+                )
+                add_into(total, part)
+                seen += len(x)
+        if seen == 0:
+            raise LifelongError("MAS importance needs at least one sample; the data given was empty")
+        new = {n: v / seen for n, v in total.items()}
+        self.importance = add_into(self.importance, new)
+        self.anchor = snapshot(params)
+        self.tasks += 1
+        self._penalty.set(self.importance, self.anchor, scale=self.lambda_mas, model=model)
+        return new
+
+    def mas_loss(self) -> torch.Tensor:
+        """The penalty for a user's own loop (zero before the first `compute_importance`)."""
+        if self.model is None or not self._penalty:
+            return torch.zeros(())
+        if not self._penalty.bound:
+            self._penalty.bind(self.model)
+        return self._penalty()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tasks": self.tasks} | pack("importance", self.importance) | pack("anchor", self.anchor)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tasks = int(state.get("tasks", 0))
+        self.importance, self.anchor = unpack(state, "importance"), unpack(state, "anchor")
+        self._penalty = QuadraticPenalty()
+        if self.importance:
+            self._penalty.set(self.importance, self.anchor, scale=self.lambda_mas, model=self.model)

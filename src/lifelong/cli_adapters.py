@@ -1,0 +1,320 @@
+"""`lifelong adapters ...`: per-task LoRA adapters from the command line, a thin shell over `AdapterLibrary`.
+
+Every command takes ``--root`` (the folder of adapters, default ``adapters``); those that run the model
+also take ``--base`` (a saved Hugging Face model folder, loaded offline). Tables are Rich; ``--json``
+prints plain JSON for scripts. Errors are `LifelongError`s: the `lifelong` entry point prints them on
+one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lifelong.errors import LifelongError
+
+if TYPE_CHECKING:
+    from lifelong.adapters import AdapterInfo, AdapterLibrary
+
+adapters_app = typer.Typer(
+    no_args_is_help=True,
+    help="Per-task LoRA adapters on one frozen base model: train, list, show, merge, route, export, delete.",
+)
+console = Console()
+
+Root = Annotated[Path, typer.Option("--root", help="Folder that holds the adapters.")]
+Base = Annotated[Path, typer.Option("--base", help="Base model: a saved Hugging Face model folder.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+Kind = Annotated[
+    str | None,
+    typer.Option(help="causal-lm or classification, for a base whose class does not say (a bare encoder)."),
+]
+Labels = Annotated[
+    int | None, typer.Option(help="Number of labels when --kind classification loads an encoder.")
+]
+
+
+def _library(
+    base: Path, root: Path, kind: str | None = None, num_labels: int | None = None
+) -> AdapterLibrary:
+    from lifelong.adapters import AdapterLibrary
+
+    if kind not in (None, "causal-lm", "classification"):
+        raise LifelongError(f"unknown --kind '{kind}'; use causal-lm or classification")
+    return AdapterLibrary(base, root, kind=kind, num_labels=num_labels)  # type: ignore[arg-type]
+
+
+def read_examples(path: Path) -> list[Any]:
+    """Examples from a file: JSON Lines or a JSON list of {"text"|"input_ids", "label"} rows, or plain
+    text with one example per non-empty line."""
+    if not path.is_file():
+        raise LifelongError(f"data file {path} does not exist; give a .jsonl, .json or .txt file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise LifelongError(f"cannot read {path}: {err}") from None
+    try:
+        if path.suffix == ".jsonl":
+            rows: list[Any] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        elif path.suffix == ".json":
+            rows = json.loads(text)
+            if not isinstance(rows, list):
+                raise ValueError("a .json data file must hold a list of examples")
+        else:
+            rows = [line for line in text.splitlines() if line.strip()]
+    except ValueError as err:
+        raise LifelongError(f"{path} is not valid {path.suffix[1:] or 'text'}: {err}") from None
+    if not rows:
+        raise LifelongError(f"{path} has no examples")
+    return rows
+
+
+def _echo_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _eval_text(info: AdapterInfo) -> str:
+    if not info.eval:
+        return "—"
+    return f"{info.eval.get('metric')} {info.eval.get('value'):.3g}"
+
+
+def _table(infos: list[AdapterInfo], title: str) -> Table:
+    """One row per adapter; narrow enough for an 80-column terminal (`show` and `--json` have the rest)."""
+    table = Table(title=title)
+    table.add_column("task", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("r/alpha", justify="right")
+    table.add_column("targets")
+    table.add_column("data", justify="right")
+    table.add_column("eval")
+    table.add_column("size", justify="right")
+    table.add_column("created")
+    table.add_column("status")
+    for info in infos:
+        kind = info.kind if not info.parents else f"{info.method}({'+'.join(info.parents)})"
+        table.add_row(
+            info.task,
+            kind,
+            f"{info.r}/{info.alpha:g}" if info.r is not None and info.alpha is not None else "—",
+            ",".join(info.target_modules) or "—",
+            str(info.data_size if info.data_size is not None else "—"),
+            _eval_text(info),
+            f"{info.size_bytes / 1024:.0f} KiB" if info.size_bytes else "—",
+            info.created[:10] or "—",
+            "ok" if info.ok else f"[red]{info.problem}[/]",
+        )
+    return table
+
+
+@adapters_app.command("list")
+def list_command(
+    root: Root = Path("adapters"),
+    base: Annotated[
+        Path | None, typer.Option("--base", help="Also check each adapter fits this base.")
+    ] = None,
+    kind: Kind = None,
+    num_labels: Labels = None,
+    json_: Json = False,
+) -> None:
+    """The adapters in --root: rank, targets, data size, eval score, size, and any problem."""
+    from lifelong.adapters import list_adapters
+
+    infos = _library(base, root, kind, num_labels).list() if base is not None else list_adapters(root)
+    if json_:
+        _echo_json([i.to_json() for i in infos])
+    elif not infos:
+        console.print(f"no adapters in {root}")
+    else:
+        console.print(_table(infos, f"adapters in {root}"))
+
+
+@adapters_app.command("show")
+def show(task: str, root: Root = Path("adapters"), json_: Json = False) -> None:
+    """Everything recorded about one adapter (its lifelong.json and PEFT config)."""
+    from lifelong.adapters import CONFIG_FILE, adapter_folder, inspect_adapter, read_meta
+
+    folder = adapter_folder(root, task)
+    meta = read_meta(folder)
+    try:
+        peft_config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        peft_config = None
+    if json_:
+        _echo_json({"lifelong": meta, "adapter_config": peft_config, "path": str(folder)})
+        return
+    info = inspect_adapter(folder)
+    console.print(_table([info], f"adapter {task}"))
+    table = Table(show_header=False, title="record")
+    for key in ("base", "training", "eval", "labels", "parents", "weights", "method", "density", "versions"):
+        if meta.get(key) is not None:
+            table.add_row(key, json.dumps(meta[key]))
+    console.print(table)
+
+
+@adapters_app.command("train")
+def train(
+    task: str,
+    data: Annotated[
+        Path, typer.Option(help="Examples: .jsonl/.json rows {text|input_ids, label} or .txt lines.")
+    ],
+    base: Base,
+    root: Root = Path("adapters"),
+    eval_data: Annotated[
+        Path | None, typer.Option(help="Held-out examples for the recorded eval score.")
+    ] = None,
+    r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / r).")] = 32,
+    dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    targets: Annotated[
+        str | None, typer.Option(help="Comma-separated module names.  [default: by architecture]")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 3,
+    lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    max_length: Annotated[int, typer.Option(help="Tokens kept per example.")] = 128,
+    seed: Annotated[
+        int, typer.Option(help="Seed for the adapter's initialisation, dropout and batches.")
+    ] = 0,
+    kind: Kind = None,
+    num_labels: Labels = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing adapter for TASK.")
+    ] = False,
+    json_: Json = False,
+) -> None:
+    """Train one LoRA adapter for TASK on the frozen --base and save it in --root/TASK."""
+    library = _library(base, root, kind, num_labels)
+    lora: dict[str, Any] = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout}
+    if targets:
+        lora["target_modules"] = [t.strip() for t in targets.split(",") if t.strip()]
+    info = library.train(
+        task,
+        read_examples(data),
+        lora,
+        eval_dataset=read_examples(eval_data) if eval_data is not None else None,
+        overwrite=overwrite,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+    )
+    if json_:
+        _echo_json(info.to_json())
+    else:
+        console.print(_table([info], f"trained adapter {task}"))
+
+
+@adapters_app.command("merge")
+def merge(
+    tasks: Annotated[list[str], typer.Argument(help="Adapters to merge.")],
+    base: Base,
+    root: Root = Path("adapters"),
+    method: Annotated[
+        str,
+        typer.Option(
+            help="cat (exact, default), linear, svd, ties, dare_ties, dare_linear, magnitude_prune."
+        ),
+    ] = "cat",
+    weights: Annotated[
+        str | None, typer.Option(help="Comma-separated weights, one per task.  [default: 1/n each]")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name of the merged adapter.  [default: a-b-method]")
+    ] = None,
+    density: Annotated[float | None, typer.Option(help="Share kept by ties/dare/magnitude_prune.")] = None,
+    json_: Json = False,
+) -> None:
+    """Merge adapters into a new one (PEFT add_weighted_adapter) and save it like any other."""
+    parsed = None
+    if weights is not None:
+        try:
+            parsed = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise LifelongError(f"--weights must be comma-separated numbers, got '{weights}'") from None
+    info = _library(base, root).merge(tasks, parsed, method, name, density=density)  # type: ignore[arg-type]
+    if json_:
+        _echo_json(info.to_json())
+    else:
+        console.print(_table([info], f"merged adapter {info.task}"))
+
+
+@adapters_app.command("route")
+def route(
+    base: Base,
+    root: Root = Path("adapters"),
+    text: Annotated[
+        list[str] | None, typer.Option("--text", help="An example to route (repeatable).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="A file of examples to route.")] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Comma-separated candidates.  [default: all trained]")
+    ] = None,
+    kind: Kind = None,
+    num_labels: Labels = None,
+    json_: Json = False,
+) -> None:
+    """Pick the adapter for each example: lowest loss (causal LM) or highest confidence (classifier)."""
+    examples: list[Any] = list(text or [])
+    if data is not None:
+        examples += read_examples(data)
+    if not examples:
+        raise LifelongError("nothing to route; give --text or --data")
+    candidates = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    result = _library(base, root, kind, num_labels).route(examples, candidates)
+    if json_:
+        _echo_json(result.to_json())
+        return
+    table = Table(title=f"routing ({result.metric}: {'lower' if result.metric == 'loss' else 'higher'} wins)")
+    for column in ("#", "example", "adapter", result.metric, *(["prediction"] if result.predictions else [])):
+        table.add_column(column)
+    for i, choice in enumerate(result.choices):
+        shown = examples[i] if isinstance(examples[i], str) else json.dumps(examples[i])
+        row = [str(i), shown[:60] + ("…" if len(shown) > 60 else ""), choice, f"{result.scores[i]:.4f}"]
+        if result.predictions is not None:
+            row.append(str(result.predictions[i]))
+        table.add_row(*row)
+    console.print(table)
+
+
+@adapters_app.command("export")
+def export(
+    task: str,
+    base: Base,
+    root: Root = Path("adapters"),
+    out: Annotated[Path | None, typer.Option(help="Output folder.  [default: ROOT/_exports/TASK]")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    json_: Json = False,
+) -> None:
+    """Fold TASK's adapter into the base and write a standalone model folder (no PEFT needed)."""
+    path = _library(base, root).merge_and_unload(task, out, overwrite=overwrite)
+    if json_:
+        _echo_json({"task": task, "path": str(path)})
+    else:
+        console.print(f"exported {task} to {path}")
+
+
+@adapters_app.command("delete")
+def delete(
+    task: str,
+    root: Root = Path("adapters"),
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_: Json = False,
+) -> None:
+    """Delete TASK's adapter folder."""
+    from lifelong.adapters import adapter_folder, delete_adapter
+
+    folder = adapter_folder(root, task)
+    if not yes and not typer.confirm(f"delete adapter {folder}?"):
+        raise typer.Exit(1)
+    delete_adapter(root, task)
+    if json_:
+        _echo_json({"deleted": task, "path": str(folder)})
+    else:
+        console.print(f"deleted {folder}")

@@ -1,0 +1,214 @@
+"""The language-model commands: ``lifelong pretrain`` and ``lifelong perplexity``.
+
+Plain functions with Typer annotations, mounted on the main app in `lifelong.cli`. Heavy imports
+(transformers, datasets) happen inside them, so ``lifelong --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lifelong.errors import LifelongError
+
+console = Console()
+
+# The from-scratch tiny-llama demo needs a larger LR, and a longer first (pretraining) domain, than
+# continuing a real model does; these apply only when --model is tiny-llama.
+TINY_DEFAULTS = {"block_size": 64, "batch_size": 16, "first_epochs": 3.0}
+MODEL_DEFAULTS = {"block_size": 128, "batch_size": 4}
+DEFAULT_STRATEGIES = ["naive", "replay", "lwf", "ewc"]
+
+
+def pretrain(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="tiny-llama (built locally; 'tiny-llama:hidden=192,layers=4') or a local model folder."
+        ),
+    ] = "tiny-llama",
+    corpus: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--corpus",
+            "-c",
+            help="One domain of the stream, in order (repeatable): .txt, .jsonl, .parquet, a folder of them, "
+            "a saved dataset, or the built-in prose / code.  \\[default: prose, then code]",
+        ),
+    ] = None,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="naive, replay, ewc or lwf (distill); 'replay+ewc' composes; 'ewc:lambda=100'; repeat to "
+            "compare.  \\[default: naive, replay, lwf, ewc]",
+        ),
+    ] = None,
+    replay_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of training tokens replayed from earlier domains, in [0, 1).  \\[default: 0.2]"
+        ),
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder.  \\[default: runs/pretrain-<time>]")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Reuse a folder with a finished run.")
+    ] = False,
+    epochs: Annotated[float, typer.Option(help="Epochs per domain.")] = 1.0,
+    first_epochs: Annotated[
+        float | None,
+        typer.Option(help="Epochs of the first domain.  \\[default: 3 for tiny-llama, else --epochs]"),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Max learning rate.  \\[default: 1e-5; 2e-3 for tiny-llama]")
+    ] = None,
+    schedule: Annotated[
+        str, typer.Option(help="LR schedule: rewarm-cosine, infinite or constant.")
+    ] = "rewarm-cosine",
+    warmup_ratio: Annotated[float, typer.Option(help="Share of each task's steps spent warming up.")] = 0.1,
+    block_size: Annotated[
+        int | None, typer.Option(help="Tokens per training block.  \\[default: 128; 64 for tiny-llama]")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Blocks per batch.  \\[default: 4; 16 for tiny-llama]")
+    ] = None,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    eval_blocks: Annotated[
+        int | None, typer.Option(help="Held-out blocks per domain for perplexity.  \\[default: all]")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Log earlier domains' perplexity every N steps while training.")
+    ] = None,
+    stop_ratio: Annotated[
+        float | None,
+        typer.Option(help="Stop a task once an earlier domain's perplexity exceeds this x its start."),
+    ] = None,
+    report_to: Annotated[
+        str, typer.Option(help="Trainer logging integrations: none, tensorboard, wandb, ...")
+    ] = "none",
+    text_field: Annotated[
+        str, typer.Option(help="Text field of .jsonl / .parquet / saved datasets.")
+    ] = "text",
+    lines: Annotated[bool, typer.Option("--lines", help="Each line of a .txt file is one document.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order and sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Continual pre-training of a causal LM over a stream of text domains; prints perplexity and forgetting."""
+    from datetime import datetime
+
+    from lifelong.llm.models import is_tiny_llama
+    from lifelong.llm.pretrain import TrainSettings, run_pretrain
+
+    if replay_ratio is not None and strategy and not any("replay" in s for s in strategy):
+        raise LifelongError(
+            "--replay-ratio sets the ratio of 'replay' in --strategy; add it, e.g. -s replay+ewc"
+        )
+    tiny = is_tiny_llama(model)
+    defaults: dict[str, float] = dict(TINY_DEFAULTS if tiny else MODEL_DEFAULTS)
+    settings = TrainSettings(
+        block_size=block_size or int(defaults["block_size"]),
+        batch_size=batch_size or int(defaults["batch_size"]),
+        epochs=epochs,
+        first_epochs=first_epochs if first_epochs is not None else defaults.get("first_epochs"),
+        learning_rate=lr,  # None: 1e-5, or 2e-3 for tiny-llama (TrainSettings resolves it per model)
+        schedule=schedule,
+        warmup_ratio=warmup_ratio,
+        gradient_accumulation_steps=grad_accum,
+        seed=seed,
+        device=device,
+        eval_blocks=eval_blocks,
+        eval_every=eval_every,
+        stop_ratio=stop_ratio,
+        report_to=report_to,
+    )
+    run_pretrain(
+        model=model,
+        corpora=corpus or ["prose", "code"],
+        compositions=strategy or DEFAULT_STRATEGIES,
+        out=out or f"runs/pretrain-{datetime.now():%Y%m%d-%H%M%S}",
+        replay_ratio=0.2 if replay_ratio is None else replay_ratio,
+        settings=settings,
+        overwrite=overwrite,
+        console=console,
+        text_field=text_field,
+        one_doc_per_line=lines,
+    )
+
+
+def perplexity(
+    model: Annotated[str, typer.Option(help="A local model folder (or tiny-llama).")],
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Text to score (repeatable): .txt, .jsonl, .parquet, a folder, a saved dataset, or prose / code.  "
+            "[default: prose, code]",
+        ),
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(help="all blocks, or heldout: the tenth `lifelong pretrain` scores (never trained on)."),
+    ] = "all",
+    block_size: Annotated[
+        int | None,
+        typer.Option(help="Tokens per block.  \\[default: the checkpoint's training block size, else 128]"),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Blocks per forward pass.")] = 16,
+    max_blocks: Annotated[int | None, typer.Option(help="Score at most this many blocks per text.")] = None,
+    text_field: Annotated[
+        str, typer.Option(help="Text field of .jsonl / .parquet / saved datasets.")
+    ] = "text",
+    lines: Annotated[bool, typer.Option("--lines", help="Each line of a .txt file is one document.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Perplexity of a causal LM on each text (lower is better), as a table."""
+    import torch
+
+    from lifelong.llm.data import load_corpus, pack
+    from lifelong.llm.models import is_tiny_llama, load_model, resolve_model_folder, to_device, vocab_size
+    from lifelong.llm.perplexity import from_nll, token_nll
+
+    if split not in ("all", "heldout"):
+        raise LifelongError(f"--split is 'all' or 'heldout', got '{split}'")
+    if device not in ("auto", "cpu", "cuda"):
+        raise LifelongError(f"--device must be auto, cpu or cuda, got '{device}'")
+    defaults = TINY_DEFAULTS if is_tiny_llama(model) else MODEL_DEFAULTS
+    size = block_size or _trained_block_size(resolve_model_folder(model)) or defaults["block_size"]
+    corpora = [
+        load_corpus(d, text_field=text_field, one_doc_per_line=lines) for d in data or ["prose", "code"]
+    ]
+    loaded, tokenizer = load_model(model)
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise LifelongError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    to_device(loaded, "cuda" if use_cuda else "cpu")
+    vocab = vocab_size(loaded)
+    table = Table(title=f"perplexity of {model} (lower is better)")
+    for column in ("text", "source", "blocks", "tokens", "perplexity"):
+        table.add_column(column, justify="left" if column in ("text", "source") else "right")
+    for corpus in corpora:
+        packed = pack(corpus, tokenizer, int(size), vocab)
+        blocks = packed.heldout if split == "heldout" else torch.cat([packed.train, packed.heldout])
+        if max_blocks is not None:
+            blocks = blocks[:max_blocks]
+        total, count = token_nll(loaded, blocks, batch_size)
+        table.add_row(
+            corpus.name, corpus.origin, str(len(blocks)), f"{count:,}", f"{from_nll(total, count):.2f}"
+        )
+    console.print(table)
+
+
+def _trained_block_size(folder: Path) -> int | None:
+    """The block size a `lifelong pretrain` checkpoint was trained with (saved in its perplexity.json)."""
+    try:
+        value = json.loads((folder / "perplexity.json").read_text(encoding="utf-8")).get("block_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 1 else None

@@ -1,0 +1,88 @@
+"""The causal-LM side: text data and packing, `ContinualTrainer`, continual pre-training, perplexity.
+
+Needs the ``llm`` extra (``pip install 'lifelong[llm]'``: transformers, datasets, peft, accelerate,
+tokenizers)::
+
+    from lifelong.llm import ContinualTrainer, continual_pretrain, load_model, perplexities
+
+    result = continual_pretrain("tiny-llama", "code", "runs/cpt", replay_corpus="prose", replay_ratio=0.2)
+    print(result.before, result.after)   # perplexity per domain
+
+Names are imported on first use, so ``import lifelong.llm.data`` does not pull in transformers. The
+single-corpus ``perplexity`` function lives in `lifelong.llm.perplexity` (the module's name).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lifelong.llm.callbacks import ForgettingCallback
+    from lifelong.llm.data import (
+        CausalCollator,
+        Corpus,
+        PackedCorpus,
+        builtin_corpus,
+        load_corpus,
+        mix_by_token_share,
+        pack,
+    )
+    from lifelong.llm.models import build_tiny_llama, load_model
+    from lifelong.llm.perplexity import perplexities
+    from lifelong.llm.pretrain import TaskResult, TrainSettings, continual_pretrain, run_pretrain
+    from lifelong.llm.schedules import lr_lambda, make_scheduler
+    from lifelong.llm.trainer import ContinualTrainer, causal_lm_fisher
+
+_WHERE = {
+    "ForgettingCallback": "callbacks",
+    "CausalCollator": "data",
+    "Corpus": "data",
+    "PackedCorpus": "data",
+    "builtin_corpus": "data",
+    "load_corpus": "data",
+    "mix_by_token_share": "data",
+    "pack": "data",
+    "build_tiny_llama": "models",
+    "load_model": "models",
+    "perplexities": "perplexity",
+    "TaskResult": "pretrain",
+    "TrainSettings": "pretrain",
+    "continual_pretrain": "pretrain",
+    "run_pretrain": "pretrain",
+    "lr_lambda": "schedules",
+    "make_scheduler": "schedules",
+    "ContinualTrainer": "trainer",
+    "causal_lm_fisher": "trainer",
+}
+
+__all__ = [
+    "CausalCollator",
+    "ContinualTrainer",
+    "Corpus",
+    "ForgettingCallback",
+    "PackedCorpus",
+    "TaskResult",
+    "TrainSettings",
+    "build_tiny_llama",
+    "builtin_corpus",
+    "causal_lm_fisher",
+    "continual_pretrain",
+    "load_corpus",
+    "load_model",
+    "lr_lambda",
+    "make_scheduler",
+    "mix_by_token_share",
+    "pack",
+    "perplexities",
+    "run_pretrain",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lifelong.llm' has no attribute {name!r}")
+    module = importlib.import_module(f"lifelong.llm.{_WHERE[name]}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,291 @@
+"""Causal language models by name: ``tiny-llama`` (built here) or a local Hugging Face model folder.
+
+``tiny-llama`` is a small Llama (from a ``LlamaConfig``, random weights) with a byte-level BPE
+tokenizer trained locally with ``tokenizers`` on the train parts of the built-in corpora. Both are
+saved together as an ordinary Hugging Face folder (``config.json``, ``model.safetensors``,
+``tokenizer.json``, ...) in a cache (``$LIFELONG_CACHE``, else ``~/.cache/lifelong``), so it loads
+exactly the way a user's own model folder does and is built once per option set and Python version.
+Nothing is ever downloaded: every load is ``local_files_only`` with the Hub switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from lifelong.errors import LifelongError
+from lifelong.spec import bind, parse_spec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TINY_LLAMA = "tiny-llama"
+END_OF_TEXT = "<|endoftext|>"
+# Any one of these makes a folder loadable by AutoTokenizer (fast JSON, sentencepiece, BPE or WordPiece vocab).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+_FORMAT = 1  # bump when the tiny-llama recipe changes, so old cached folders are not reused
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LIFELONG_CACHE") or Path.home() / ".cache" / "lifelong")
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """No network for anything under it, and no load reports or progress bars from transformers."""
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
+
+
+# ---- tiny-llama ---------------------------------------------------------------------------------------
+
+
+def train_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerBase:
+    """Byte-level BPE trained on the train parts of the built-in corpora (so any text encodes, no UNK).
+
+    Held-out documents are left out so perplexity is measured on text the tokenizer never saw.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from lifelong.llm.data import BUILTIN_CORPORA, builtin_corpus, split_documents
+
+    if vocab_size < 300:
+        raise LifelongError(f"tiny-llama vocab must be at least 300 (256 bytes + merges), got {vocab_size}")
+    texts = [doc for name in BUILTIN_CORPORA for doc in split_documents(builtin_corpus(name).documents)[0]]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_OF_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    # One special token does every job: it separates documents (eos), and fills pads nobody trains on.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT
+    )
+
+
+def build_tiny_llama(
+    folder: str | Path,
+    vocab_size: int = 2048,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    max_positions: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny Llama (random weights from ``seed``) and its tokenizer to ``folder``, whole or not at all."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if hidden % heads:
+        raise LifelongError(f"tiny-llama hidden ({hidden}) must be a multiple of heads ({heads})")
+    folder = Path(folder)
+    tokenizer = train_tokenizer(vocab_size)
+    eot = int(cast(int, tokenizer.convert_tokens_to_ids(END_OF_TEXT)))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,  # at this size the embedding is most of the model: share it with the head
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with offline():  # no "Writing model shards" progress bar
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return folder
+
+
+def tiny_llama_folder(**options: Any) -> Path:
+    """The cached tiny-llama folder for these options (built on first use)."""
+    import tokenizers
+    import transformers
+
+    key = json.dumps(
+        {
+            "options": options,
+            "format": _FORMAT,
+            # The built-in corpora follow the Python version; the files follow the library versions.
+            "python": platform.python_version(),
+            "transformers": transformers.__version__.split(".")[0],
+            "tokenizers": tokenizers.__version__,
+        },
+        sort_keys=True,
+    )
+    folder = cache_dir() / f"{TINY_LLAMA}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if not ((folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()):
+        build_tiny_llama(folder, **options)
+    return folder
+
+
+def _tiny_options(
+    vocab_size: int = 2048, hidden: int = 128, layers: int = 2, heads: int = 4, seed: int = 0
+) -> dict[str, Any]:
+    return {"vocab_size": vocab_size, "hidden": hidden, "layers": layers, "heads": heads, "seed": seed}
+
+
+def resolve_model_folder(model: str | Path) -> Path:
+    """``tiny-llama[:options]`` -> its cached folder; anything else must be a local model folder."""
+    text = str(model)
+    if text.split(":", 1)[0] == TINY_LLAMA and not Path(text).exists():
+        options = bind(_tiny_options, parse_spec(text), what="model")
+        return tiny_llama_folder(**options)
+    return Path(model)
+
+
+def is_tiny_llama(model: str | Path) -> bool:
+    return str(model).split(":", 1)[0] == TINY_LLAMA and not Path(str(model)).exists()
+
+
+# ---- loading ----------------------------------------------------------------------------------------------
+
+
+def check_model_folder(folder: Path) -> None:
+    """Name what is missing from a model folder before transformers fails on it less clearly."""
+    if not folder.exists():
+        raise LifelongError(
+            f"model folder {folder} does not exist; pass {TINY_LLAMA} or a folder written by save_pretrained "
+            "(nothing is downloaded)"
+        )
+    if not folder.is_dir():
+        raise LifelongError(
+            f"model {folder} is a file; pass the folder that holds config.json and the weights"
+        )
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise LifelongError(
+            f"{folder} is not a model folder (no config.json); save the model there with model.save_pretrained"
+        )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise LifelongError(
+            f"model folder {folder} has no tokenizer (no tokenizer.json or tokenizer_config.json); "
+            f"save the model's tokenizer there with tokenizer.save_pretrained('{folder}')"
+        )
+
+
+def load_model(model: str | Path, dtype: Any = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for ``tiny-llama[:hidden=..,layers=..]`` or a local Hugging Face folder.
+
+    A folder holding a PEFT adapter (``adapter_config.json``) loads its base model from the local
+    folder the adapter names, with the adapter trainable. ``dtype`` is passed to ``from_pretrained``
+    (default: what the folder was saved in).
+    """
+    folder = resolve_model_folder(model)
+    check_model_folder(folder)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    with offline():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise LifelongError(
+                f"the tokenizer in {folder} cannot be loaded ({_first_line(err)}); save it again with "
+                "tokenizer.save_pretrained"
+            ) from None
+        try:
+            if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+                loaded = _load_adapter(folder, kwargs)
+            else:
+                loaded = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise LifelongError(
+                f"the model in {folder} cannot be loaded as a causal LM ({_first_line(err)}); "
+                "pass a folder written by model.save_pretrained"
+            ) from None
+    if tokenizer.eos_token_id is None and tokenizer.bos_token_id is None:
+        raise LifelongError(
+            f"the tokenizer in {folder} has no end-of-text (eos) token to separate documents; set eos_token"
+        )
+    return loaded, tokenizer
+
+
+def _load_adapter(folder: Path, kwargs: dict[str, Any]) -> PreTrainedModel:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    base = Path(str(config.get("base_model_name_or_path") or ""))
+    if not (base / "config.json").is_file():
+        raise LifelongError(
+            f"the adapter in {folder} names base model '{base}', which is not a local model folder; "
+            "set base_model_name_or_path in adapter_config.json to the base model's folder"
+        )
+    model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    peft_model: Any = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    return cast("PreTrainedModel", peft_model)
+
+
+def vocab_size(model: Any) -> int:
+    """Rows of the input embedding: the largest token id the model can read, plus one."""
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
+def to_device(model: Any, device: str) -> None:
+    model.to(device)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def save_model(model: Any, tokenizer: Any, folder: Path) -> Path:
+    """``save_pretrained`` of model and tokenizer into ``folder`` (safetensors), whole or not at all."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    with offline():
+        model.save_pretrained(str(partial))  # transformers 5 always writes safetensors
+        tokenizer.save_pretrained(str(partial))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
+    return folder

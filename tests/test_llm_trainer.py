@@ -1,0 +1,296 @@
+"""ContinualTrainer: its loss against hand-computed ones, the LLM Fisher, PEFT, the callback, schedules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("transformers")
+pytest.importorskip("datasets")
+
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+from lifelong.errors import LifelongError
+from lifelong.llm.callbacks import ForgettingCallback
+from lifelong.llm.data import CausalCollator, blocks_dataset
+from lifelong.llm.schedules import lr_lambda
+from lifelong.llm.trainer import ContinualTrainer, _Teacher, causal_lm_fisher, distillation_terms
+from lifelong.strategies import EWC, LwF
+
+VOCAB = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP threads that
+    # wait for each other made these tests several times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def blocks(n: int = 16, length: int = 12, seed: int = 0, high: int = VOCAB) -> torch.Tensor:
+    return torch.randint(0, high, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def args(tmp_path: Path, **overrides: Any) -> TrainingArguments:
+    settings: dict[str, Any] = {
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-2,
+        "max_steps": 2,
+        "report_to": "none",
+        "use_cpu": True,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "logging_steps": 1,
+        "seed": 0,
+    }
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def trainer_for(model: Any, tmp_path: Path, data: torch.Tensor, **kwargs: Any) -> ContinualTrainer:
+    training = kwargs.pop("training_args", None) or args(tmp_path)
+    return ContinualTrainer(
+        model=model,
+        args=training,
+        train_dataset=blocks_dataset(data),
+        data_collator=CausalCollator(),
+        **kwargs,
+    )
+
+
+# ---- the loss -----------------------------------------------------------------------------------------
+
+
+def test_without_penalties_the_loss_is_the_plain_trainers(tmp_path: Path) -> None:
+    data = blocks()
+    batch = CausalCollator()([{"input_ids": row.tolist()} for row in data[:4]])
+    model = tiny_model()
+    ours = trainer_for(model, tmp_path, data).compute_loss(model, dict(batch))
+    plain = Trainer(
+        model=model, args=args(tmp_path), train_dataset=blocks_dataset(data), data_collator=CausalCollator()
+    ).compute_loss(model, dict(batch))
+    assert torch.equal(torch.as_tensor(ours), torch.as_tensor(plain))
+
+
+def test_distillation_is_the_seeds_mix_over_labelled_positions_only(tmp_path: Path) -> None:
+    model, old = tiny_model(0), tiny_model(1)
+    lwf = LwF(alpha=0.3, temperature=2.0)
+    trainer = trainer_for(model, tmp_path, blocks(), strategies=[lwf])
+    trainer.before_task()
+    trainer._teacher = _Teacher(old)  # a teacher that differs, so the KL is not zero
+    ids = blocks(2, 10, seed=5)
+    labels = ids.clone()
+    labels[0, :6] = -100  # e.g. a prompt: no loss there, no distillation there
+    loss = trainer.compute_loss(model, {"input_ids": ids, "labels": labels})
+
+    logits = model(input_ids=ids).logits[:, :-1]
+    teacher = old(input_ids=ids).logits[:, :-1]
+    keep = labels[:, 1:] != -100
+    ce = F.cross_entropy(logits[keep], labels[:, 1:][keep])
+    p = F.log_softmax(teacher[keep] / 2, -1)
+    q = F.log_softmax(logits[keep] / 2, -1)
+    kl = (p.exp() * (p - q)).sum(-1).mean()  # per token, only where labelled
+    expected = 0.7 * ce + 0.3 * 4 * kl
+    assert float(torch.as_tensor(loss).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_distillation_against_itself_is_zero() -> None:
+    logits = torch.randn(2, 5, VOCAB)
+    kd, count = distillation_terms(logits, logits.clone(), torch.ones(2, 5, dtype=torch.long), 2.0)
+    assert count == 8 and float(kd) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_penalties_do_not_depend_on_how_the_batch_is_accumulated(tmp_path: Path) -> None:
+    """One step at batch 4 equals one step of 2 x 2 accumulated: LM loss, KL and EWC scale alike."""
+    data = blocks(8)
+    results = []
+    for batch, accumulate in ((4, 1), (2, 2)):
+        model = tiny_model()
+        ewc = EWC(lambda_ewc=50.0)
+        ewc.model = model
+        ewc.consolidate({n: torch.full_like(p, 0.5) for n, p in model.named_parameters()})
+        with torch.no_grad():  # move away from the anchor so the EWC pull is not zero
+            for p in model.parameters():
+                p.add_(0.01)
+        training = args(
+            tmp_path,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulate,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.5,
+            max_grad_norm=0.0,
+        )
+        trainer = trainer_for(model, tmp_path, data, strategies=[ewc, LwF(alpha=0.5)], training_args=training)
+        trainer.before_task()
+        trainer._teacher = _Teacher(tiny_model(3))
+        trainer.before_task = lambda: None  # keep the differing teacher
+        trainer.train()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-5)
+
+
+def test_strategies_without_a_causal_lm_form_are_refused(tmp_path: Path) -> None:
+    for spec, expected in (
+        ("replay", "token-share data mixing"),
+        ("agem", "no causal-LM form"),
+        ("ewc:fisher=exact", "fisher=empirical or fisher=sampled"),
+    ):
+        with pytest.raises(LifelongError, match=expected):
+            trainer_for(tiny_model(), tmp_path, blocks(), strategies=spec)
+
+
+# ---- EWC ----------------------------------------------------------------------------------------------
+
+
+def test_fisher_is_a_mean_of_per_sequence_squared_gradients() -> None:
+    model, data = tiny_model(), blocks(3, 8)
+    fisher = causal_lm_fisher(model, data, "empirical", samples=None)
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for row in data:
+        model.zero_grad()
+        logits = model(input_ids=row[None]).logits[0, :-1]
+        F.cross_entropy(logits, row[1:]).backward()
+        for n, p in model.named_parameters():
+            assert p.grad is not None
+            expected[n] += p.grad.square() / 3
+    for n in expected:
+        assert torch.allclose(fisher[n], expected[n], rtol=1e-4, atol=1e-10), n
+    sampled = causal_lm_fisher(model, data, "sampled", samples=2, seed=1)
+    assert sampled.keys() == fisher.keys() and not torch.allclose(
+        sampled["lm_head.weight"], fisher["lm_head.weight"]
+    )
+
+
+def test_ewc_consolidates_after_each_task_and_pulls_back(tmp_path: Path) -> None:
+    model = tiny_model()
+    ewc = EWC(lambda_ewc=10.0)
+    trainer = trainer_for(model, tmp_path, blocks(), strategies=[ewc], fisher_samples=4)
+    trainer.train_task()
+    assert len(ewc.terms) == 1 and trainer.task_index == 1
+    assert float(ewc.ewc_loss().detach()) == pytest.approx(0.0, abs=1e-12)  # at its own anchor
+    trainer.train_task(blocks_dataset(blocks(seed=9)))
+    assert len(ewc.terms) == 2 and float(ewc.ewc_loss().detach()) > 0
+    assert any("ewc_penalty" in entry for entry in trainer.state.log_history)
+
+
+# ---- PEFT ---------------------------------------------------------------------------------------------
+
+
+def test_peft_penalties_cover_adapter_weights_only(tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(
+        tiny_model(),
+        peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    ewc = EWC(lambda_ewc=10.0, trainable_only=False)  # even asked for all weights: adapters only
+    trainer = trainer_for(model, tmp_path, blocks(), strategies=[ewc, LwF()], fisher_samples=4)
+    trainer.train_task()
+    ((fisher, _),) = ewc.terms
+    assert fisher and all("lora_" in n for n in fisher)
+    teacher = _Teacher(model)
+    assert teacher.copy is None and len(teacher.saved) == len(fisher)  # the base is shared, not copied
+    adapters = [p.detach().clone() for p in teacher.params]
+    teacher.logits(model, {"input_ids": blocks(1, 6)})
+    assert all(torch.equal(a, p) for a, p in zip(adapters, teacher.params, strict=True))  # swapped back
+    trainer.train_task(blocks_dataset(blocks(seed=4)))
+    for n, p in model.named_parameters():
+        if n in base_before:
+            assert torch.equal(p, base_before[n]), n
+
+
+# ---- ForgettingCallback ------------------------------------------------------------------------------------
+
+
+def test_forgetting_callback_logs_through_the_trainer_and_stops_early(tmp_path: Path) -> None:
+    # Uniform random tokens: an untrained model is near-uniform on them, and any training makes it
+    # worse there, so the old domain's perplexity rises from the first steps.
+    old = blocks(8, 12, seed=11)
+    callback = ForgettingCallback({"old": old}, every=1, stop_ratio=1.0005)
+    seen: list[dict[str, float]] = []
+
+    class Spy(TrainerCallback):  # as reporting integrations are
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            seen.append(dict(logs))
+
+    text = torch.arange(VOCAB // 2).repeat(40)[: 16 * 12].view(16, 12)  # a very learnable pattern
+    trainer = trainer_for(
+        tiny_model(), tmp_path, text, callbacks=[callback, Spy()], training_args=args(tmp_path, max_steps=40)
+    )
+    output = trainer.train()
+    assert callback.stopped is not None and callback.stopped.domain == "old"
+    assert output.global_step < 40  # stopped early
+    logged = [entry["perplexity/old"] for entry in seen if "perplexity/old" in entry]
+    assert len(logged) >= 2 and logged[-1] > logged[0]
+    assert any("perplexity/old" in entry for entry in trainer.state.log_history)
+
+
+def test_forgetting_callback_needs_a_trainer_to_log_through(tmp_path: Path) -> None:
+    plain = Trainer(
+        model=tiny_model(),
+        args=args(tmp_path, max_steps=1),
+        train_dataset=blocks_dataset(blocks()),
+        data_collator=CausalCollator(),
+        callbacks=[ForgettingCallback({"old": blocks(2)})],
+    )
+    with pytest.raises(LifelongError, match="attach"):
+        plain.train()
+    with pytest.raises(LifelongError, match="above 1"):
+        ForgettingCallback({"old": blocks(2)}, stop_ratio=0.9)
+
+
+# ---- schedules ---------------------------------------------------------------------------------------------
+
+
+def test_rewarm_cosine_and_infinite_schedules() -> None:
+    cosine = [lr_lambda("rewarm-cosine", 100, 10, min_lr_ratio=0.1)(s) for s in range(100)]
+    assert cosine[0] == pytest.approx(0.1) and cosine[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(cosine[9:]))
+    assert cosine[-1] == pytest.approx(0.1, abs=1e-3)
+    assert cosine[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+
+    infinite = [lr_lambda("infinite", 100, 10, min_lr_ratio=0.0, anneal_ratio=0.2)(s) for s in range(100)]
+    assert infinite[9] == 1.0 and infinite[50] == 1.0 and infinite[79] == 1.0
+    assert infinite[80] < 1.0 and infinite[-1] == pytest.approx(0.0)
+    with pytest.raises(LifelongError, match="unknown LR schedule"):
+        lr_lambda("linear", 10, 1)
+
+
+def test_trainer_uses_the_lambda_schedule(tmp_path: Path) -> None:
+    trainer = trainer_for(
+        tiny_model(),
+        tmp_path,
+        blocks(),
+        lr_schedule="infinite",
+        training_args=args(tmp_path, max_steps=10, warmup_steps=0.2, learning_rate=1.0),
+    )
+    trainer.train()
+    assert isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.LambdaLR)
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert max(rates) == pytest.approx(1.0) and rates[0] < 1.0
