@@ -116,6 +116,9 @@ def test_samples_caps_the_fisher_data_and_trainable_only_skips_frozen_parameters
     assert set(EWC(model, trainable_only=False).fisher_information([(X, Y)])) == {"weight", "bias"}
     with pytest.raises(LifelongError, match="at least one sample"):
         EWC(model).fisher_information([])
+    with pytest.raises(LifelongError, match="needs labels"):
+        EWC(model).fisher_information([X])
+    assert set(EWC(model, fisher="exact").fisher_information([X])) == {"weight"}  # labels not needed
 
 
 def test_penalty_value_and_gradient_match_the_formula() -> None:

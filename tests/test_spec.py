@@ -17,6 +17,8 @@ def test_parse_spec_and_composition() -> None:
     assert parse_spec(" naive ") == Spec("naive", {})
     assert [s.name for s in parse_composition("replay:buffer-size=200+ewc")] == ["replay", "ewc"]
     assert parse_composition("replay:buffer-size=200+ewc")[0].options == {"buffer_size": "200"}
+    assert [s.name for s in parse_composition("der++")] == ["der++"]
+    assert [s.name for s in parse_composition("replay+der++:alpha=0.1+ewc")] == ["replay", "der++", "ewc"]
     assert str(Spec("replay", {"buffer_size": 200})) == "replay:buffer_size=200"
 
 

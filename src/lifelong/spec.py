@@ -8,6 +8,7 @@ One grammar serves strategies (``replay:buffer_size=200+ewc:lambda=100``), bench
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ def parse_spec(text: str) -> Spec:
 
 def parse_composition(text: str) -> list[Spec]:
     """``"replay:buffer_size=200+ewc"`` -> two specs, applied together."""
-    return [parse_spec(part) for part in text.split("+")]
+    # A '+' joins two strategies only when a name follows it, so "der++" stays one name.
+    return [parse_spec(part) for part in re.split(r"\+(?=[A-Za-z_])", text)]
 
 
 def spec_from_mapping(item: str | Mapping[str, Any]) -> Spec:

@@ -55,14 +55,21 @@ def task_batches(learner: Learner, batch_size: int, shuffle: bool) -> Iterator[t
 
 
 def samples_of(
-    batches: Iterable[Sequence[torch.Tensor]], device: torch.device, chunk_size: int, limit: int | None = None
+    batches: Iterable[Sequence[torch.Tensor] | torch.Tensor],
+    device: torch.device,
+    chunk_size: int,
+    limit: int | None = None,
+    need_labels: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(x, y, task_ids) on ``device``, ``chunk_size`` rows at a time, from (x, y) or (x, y, task_ids)
-    batches of any size; ``limit`` samples at most."""
+    """(x, y, task_ids) on ``device``, ``chunk_size`` rows at a time, from x, (x,), (x, y) or
+    (x, y, task_ids) batches of any size; ``limit`` samples at most. Missing labels and ids are 0."""
     seen = 0
     for batch in batches:
-        x, y, *rest = (v.to(device) for v in batch)
-        t = rest[0] if rest else torch.zeros_like(y)
+        x, *rest = (v.to(device) for v in ([batch] if isinstance(batch, torch.Tensor) else batch))
+        if need_labels and not rest:
+            raise LifelongError("this estimate needs labels; give it (x, y) batches, not inputs alone")
+        y = rest[0] if rest else torch.zeros(len(x), dtype=torch.long, device=device)
+        t = rest[1] if len(rest) > 1 else torch.zeros_like(y)
         if limit is not None:
             x, y, t = x[: limit - seen], y[: limit - seen], t[: limit - seen]
         seen += len(y)

@@ -125,7 +125,7 @@ class EWC(Strategy):
 
     def compute_fisher(
         self,
-        dataloader: Iterable[Sequence[torch.Tensor]],
+        dataloader: Iterable[Sequence[torch.Tensor] | torch.Tensor],
         forward: Forward | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensors:
@@ -146,7 +146,7 @@ class EWC(Strategy):
 
     def fisher_information(
         self,
-        batches: Iterable[Sequence[torch.Tensor]],
+        batches: Iterable[Sequence[torch.Tensor] | torch.Tensor],
         *,
         forward: Forward | None = None,
         generator: torch.Generator | None = None,
@@ -162,7 +162,9 @@ class EWC(Strategy):
         total: Tensors = {}
         seen = 0
         with eval_mode(model):
-            for x, y, t in samples_of(batches, device, self.chunk_size, self.samples):
+            for x, y, t in samples_of(
+                batches, device, self.chunk_size, self.samples, self.fisher == "empirical"
+            ):
                 add_into(total, self._fisher_sum(model, forward, names, x, y, t, generator))
                 seen += len(y)
         if seen == 0:
@@ -195,7 +197,10 @@ class EWC(Strategy):
 
     def consolidate(self, fisher: Tensors) -> None:
         """End of a task: protect the current weights with importance ``fisher``."""
-        params = dict(self._model().named_parameters())
+        params, fisher = (
+            dict(self._model().named_parameters()),
+            dict(fisher),
+        )  # the caller's dict stays as given
         anchor = {n: params[n].detach().clone() for n in fisher}
         if self.mode == "online" and self.terms:  # F <- gamma F_old + F_new, one anchor (the latest)
             old_fisher, old_anchor = self.terms[0]

@@ -78,9 +78,9 @@ class MAS(Strategy):
         self.compute_importance(data, forward=learner.forward)
 
     def compute_importance(
-        self, batches: Iterable[Sequence[torch.Tensor]], forward: Forward | None = None
+        self, batches: Iterable[Sequence[torch.Tensor] | torch.Tensor], forward: Forward | None = None
     ) -> Tensors:
-        """This task's importance from (x, ...) batches; accumulate it and anchor at the current weights."""
+        """This task's importance from x or (x, ...) batches (labels unused); accumulate it, re-anchor."""
         if self.model is None:
             raise LifelongError(
                 "MAS has no model; create it as MAS(model, ...) or train it through a Learner"
