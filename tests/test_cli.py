@@ -148,3 +148,20 @@ def test_listing_commands_name_everything(cli) -> None:
     assert code == 0 and all(name in out for name in BENCHMARKS)
     code, out, _ = cli("strategies")
     assert code == 0 and all(name in out for name in REGISTRY)
+
+
+def test_tensorboard_logs_every_evaluation(cli, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    code, _, err = cli(
+        "run", "-s", "naive", "--epochs", "1", "--tensorboard", "--out", str(out), "--no-progress"
+    )
+    assert code == 0, err
+    (log_dir,) = (out / "tensorboard").iterdir()
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    assert "average_accuracy" in events.Tags()["scalars"]
+    steps = [e.step for e in events.Scalars("score/task0:0,1")]
+    assert steps == [0, 1, 2, 3, 4]

@@ -64,6 +64,9 @@ def run(
     test_size: Annotated[
         float | None, typer.Option(help="Held-out share of each task.  [default: 0.3]")
     ] = None,
+    tensorboard: Annotated[
+        bool | None, typer.Option("--tensorboard", help="Also log every evaluation to TensorBoard.")
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the unfinished run in this folder after its last complete task."),
@@ -92,6 +95,7 @@ def run(
         "classes_per_task": classes_per_task,
         "scenario": scenario,
         "test_size": test_size,
+        "tensorboard": tensorboard,
     }
     if resume is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None and v != []]

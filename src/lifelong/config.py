@@ -33,6 +33,7 @@ class RunConfig:
     task_column: str | None = None
     classes_per_task: int | None = None
     test_size: float = 0.3
+    tensorboard: bool = False
 
     def validate(self) -> RunConfig:
         self._check_types()

@@ -36,7 +36,16 @@ from lifelong.strategies import REGISTRY, build_strategies
 from lifelong.stream import Stream
 
 RUN_FILE, RESULTS_FILE, METRICS_LOG = "run.json", "results.json", "metrics.jsonl"
-OWNED = (RUN_FILE, RESULTS_FILE, METRICS_LOG, "checkpoints", "report.md", "report.html", "plots")
+OWNED = (
+    RUN_FILE,
+    RESULTS_FILE,
+    METRICS_LOG,
+    "checkpoints",
+    "report.md",
+    "report.html",
+    "plots",
+    "tensorboard",
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -138,6 +147,12 @@ def run_strategy(
         result = FitResult(**state["result"])
         start = len(result.matrix)
 
+    writer = (
+        tensorboard_writer(folder.parent.parent / "tensorboard" / folder.name)
+        if folder and config.tensorboard
+        else None
+    )
+
     def on_task_end(learner: Learner, fit: FitResult) -> None:
         if folder is None:
             return
@@ -146,6 +161,12 @@ def run_strategy(
             log.write(
                 json.dumps({"strategy": composition, "after_task": done - 1, "scores": fit.matrix[-1]}) + "\n"
             )
+        if writer is not None:  # the same numbers as metrics.jsonl, one scalar per task
+            for name, score in zip(fit.task_names, fit.matrix[-1], strict=True):
+                writer.add_scalar(f"score/{name}", score, global_step=done - 1)
+            seen = fit.matrix[-1][:done]
+            writer.add_scalar("average_accuracy", sum(seen) / len(seen), global_step=done - 1)
+            writer.flush()
         tensors, tree = learner.checkpoint_state()
         state = {"fingerprint": fingerprint, "learner": tree, "result": vars(fit)}
         save_checkpoint(folder / f"task-{done - 1}", tensors, state)
@@ -153,7 +174,11 @@ def run_strategy(
             if older.name != f"task-{done - 1}":
                 shutil.rmtree(older, ignore_errors=True)
 
-    fit = learner.fit(stream, start_task=start, result=result, on_task_end=on_task_end)
+    try:
+        fit = learner.fit(stream, start_task=start, result=result, on_task_end=on_task_end)
+    finally:
+        if writer is not None:
+            writer.close()
     record = {
         "strategy": composition,
         "accuracy_matrix": fit.matrix,
@@ -165,6 +190,16 @@ def run_strategy(
     if folder is not None:
         atomic_write_json(folder / "result.json", record)
     return record
+
+
+def tensorboard_writer(log_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise LifelongError(
+            "--tensorboard needs the tensorboard package; pip install 'lifelong[tensorboard]'"
+        ) from None
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, list[str]]:
