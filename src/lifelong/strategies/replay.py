@@ -204,7 +204,9 @@ class ReplayBuffer:
         """
         n = min(n, self.size)
         if len(self._perm) != self.size or self._cursor + n > self.size:
-            self._perm = torch.randperm(self.size, generator=generator).to(self.store["y"].device)
+            self._perm = torch.randperm(self.size, generator=generator).to(
+                self.store["y"].device, non_blocking=True
+            )
             self._cursor = 0
         indices = self._perm[self._cursor : self._cursor + n]
         self._cursor += n
