@@ -76,3 +76,44 @@ def test_forgetting_rate_is_bounded_and_safe_at_zero(pairs: list[tuple[float, fl
     rates = metrics.forgetting_rate([10.0, 10.0], [20.0, 5.0], higher_is_better=False)
     assert rates[0] is not None and rates[0] > 0
     assert rates[1] is not None and rates[1] < 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=6),
+    st.integers(min_value=1, max_value=50),
+    st.sampled_from(["reservoir", "class-balanced"]),
+    st.integers(min_value=0, max_value=2**16),
+)
+def test_buffers_hold_only_seen_samples_within_size_and_balance(
+    chunks: list[int], max_size: int, policy: str, seed: int
+) -> None:
+    """Whatever the stream: never over size, only rows that were added, and (class-balanced) the
+    classes that had to give up slots within one of each other."""
+    import torch
+
+    from lifelong.strategies.replay import ReplayBuffer
+
+    generator = torch.Generator().manual_seed(seed)
+    buffer = ReplayBuffer(max_size, policy=policy)  # type: ignore[arg-type]
+    seen = 0
+    per_class: dict[int, int] = {}
+    for task, size in enumerate(chunks):
+        ids = torch.arange(seen, seen + size)
+        y = (ids % 3) + 3 * task  # three new classes per chunk
+        buffer.add(ids.float().unsqueeze(1), y, torch.full_like(y, task), generator=generator)
+        for label in y.tolist():
+            per_class[label] = per_class.get(label, 0) + 1
+        seen += size
+        assert len(buffer) == min(seen, max_size)
+    memories = buffer.sample(len(buffer), generator)
+    stored = memories.x.squeeze(1).long()
+    assert len(set(stored.tolist())) == len(stored)  # distinct rows
+    assert bool(((stored >= 0) & (stored < seen)).all())
+    assert torch.equal(memories.y, (stored % 3) + 3 * memories.task_ids)  # labels travel with their rows
+    if policy == "class-balanced":
+        counts = {c: int((memories.y == c).sum()) for c in per_class}
+        capped = [n for c, n in counts.items() if n < per_class[c]]  # classes that gave up slots
+        if capped and max_size >= len(counts):  # fewer slots than classes cannot be balanced
+            assert max(capped) - min(capped) <= 1
+            assert max(counts.values()) <= max(capped)  # a class keeping all it has is no larger
