@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lifelong import cli_llm
 from lifelong.cli_adapters import adapters_app
 from lifelong.errors import LifelongError
 
@@ -19,6 +20,8 @@ app = typer.Typer(
     help="Continual learning: train task after task without forgetting, and measure what was forgotten.",
 )
 app.add_typer(adapters_app, name="adapters")
+app.command()(cli_llm.pretrain)
+app.command()(cli_llm.perplexity)
 console = Console()
 err_console = Console(stderr=True)
 
