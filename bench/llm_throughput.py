@@ -3,7 +3,8 @@
 Same model (copies of one initial state), same data (the built-in code corpus with 20% prose
 replayed, mixed once by token share), same batch, same optimizer and schedule. Runs alternate
 (plain, ours, ours, plain, ...) so machine drift hits both alike; each run times its steps after a
-few warm-up steps, and the median of the per-round ratios is printed. Then the same against
+few warm-up steps (tokens per second of its median step), and the median of the per-round ratios is
+printed. Then the same against
 ``ContinualTrainer`` with distillation (one extra, no-grad forward of the frozen teacher per step).
 
     python bench/llm_throughput.py [--model tiny-llama|DIR] [--steps 40] [--rounds 7] [--device cpu]
@@ -77,9 +78,10 @@ def run(kind: str, initial: Any, data: Any, options: argparse.Namespace, out: Pa
             trainer = ContinualTrainer(**common, strategies=strategies)
         trainer.remove_callback(PrinterCallback)  # it prints each run's summary dict
         trainer.train()
-    steps = len(clock.times) - 1 - WARMUP_STEPS
-    seconds = clock.times[-1] - clock.times[WARMUP_STEPS]
-    return steps * options.batch_size * options.block_size / seconds
+    # The median step, not the mean: on a shared machine another process's burst lands on a few
+    # steps of one run, and would otherwise decide the ratio.
+    steps = [b - a for a, b in zip(clock.times[WARMUP_STEPS:], clock.times[WARMUP_STEPS + 1 :], strict=False)]
+    return options.batch_size * options.block_size / statistics.median(steps)
 
 
 def compare(kind: str, initial: Any, data: Any, options: argparse.Namespace, out: Path) -> list[float]:
