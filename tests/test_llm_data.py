@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     # One tiny-llama cache for the whole session: the first module to ask builds it.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LIFELONG_CACHE", str(tmp_path_factory.getbasetemp() / "llm-cache"))
@@ -127,7 +128,7 @@ def test_builtin_domains_are_deterministic_and_split_cleanly() -> None:
 # ---- packing -----------------------------------------------------------------------------------------
 
 
-def test_pack_splits_by_document_or_by_block(tokenizer: object, tmp_path: Path) -> None:
+def test_pack_splits_by_document_or_by_block(tokenizer: Any, tmp_path: Path) -> None:
     many = load_corpus("prose")
     packed = pack(many, tokenizer, 32)
     assert packed.train.shape[1] == 32 and packed.train.dtype == torch.long

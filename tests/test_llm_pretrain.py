@@ -19,11 +19,14 @@ from lifelong.cli_llm import perplexity as perplexity_command
 from lifelong.cli_llm import pretrain as pretrain_command
 from lifelong.errors import LifelongError
 from lifelong.llm.data import load_corpus, pack
-from lifelong.llm.models import load_model, resolve_model_folder
+from lifelong.llm.models import load_model, resolve_model_folder, vocab_size
 from lifelong.llm.pretrain import TrainSettings, continual_pretrain, forgetting_summary, run_pretrain
 
 TINY = "tiny-llama:vocab_size=512,hidden=32,layers=1,heads=2"
-FAST = {"block_size": 16, "batch_size": 8, "eval_blocks": 4, "learning_rate": 3e-3}
+
+
+def fast() -> TrainSettings:
+    return TrainSettings(block_size=16, batch_size=8, eval_blocks=4, learning_rate=3e-3)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -139,7 +142,7 @@ def test_continual_pretrain_writes_model_perplexities_and_results(
     tmp_path: Path, corpora: tuple[Path, Path]
 ) -> None:
     prose, code = corpora
-    settings = TrainSettings(**FAST)
+    settings = fast()
     result = continual_pretrain(
         TINY,
         code,
@@ -171,7 +174,7 @@ def test_a_users_own_model_folder_works_like_tiny_llama(
         corpora=[prose, code],
         compositions=["naive", "replay+ewc", "lwf"],
         out=tmp_path / "run",
-        settings=TrainSettings(**FAST),
+        settings=fast(),
     )
     assert document["tasks"] == ["prose", "code"] and not document["config"]["shared_first_task"]
     assert [r["strategy"] for r in document["results"]] == ["naive", "replay:ratio=0.2+ewc", "lwf"]
@@ -189,7 +192,7 @@ def test_tiny_llama_stream_shares_the_first_domain(tmp_path: Path, corpora: tupl
         corpora=[prose, code],
         compositions=["naive", "replay:ratio=0.3"],
         out=tmp_path / "run",
-        settings=TrainSettings(**FAST),
+        settings=fast(),
     )
     naive, replay = document["results"]
     assert naive["accuracy_matrix"][0] == replay["accuracy_matrix"][0]  # one shared first domain
@@ -276,7 +279,7 @@ def test_commands_refuse_bad_input_with_one_line(
 
 def test_pack_of_user_tokenizer_respects_its_vocab(user_model: Path, corpora: tuple[Path, Path]) -> None:
     model, tokenizer = load_model(user_model)
-    packed = pack(load_corpus(corpora[0]), tokenizer, 16, model.get_input_embeddings().weight.shape[0])
+    packed = pack(load_corpus(corpora[0]), tokenizer, 16, vocab_size(model))
     assert int(packed.train.max()) < len(tokenizer)
 
 
