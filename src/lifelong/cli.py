@@ -40,13 +40,13 @@ def run(
     model: Annotated[
         str | None, typer.Option(help="Model: mlp, cnn1d, with options 'mlp:hidden=512'.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per task.  [default: 10]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size.  [default: 32]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.  [default: 0.001]")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.  [default: adam]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per task.  \\[default: 10]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.  \\[default: 32]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.  \\[default: 0.001]")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.  \\[default: adam]")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for splits, initial weights and batches.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.  [default: auto]")] = None,
-    out: Annotated[str | None, typer.Option(help="Run folder.  [default: runs/<benchmark>-<time>]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.  \\[default: auto]")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder.  \\[default: runs/<benchmark>-<time>]")] = None,
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite", help="Reuse a folder with a finished run.")
     ] = None,
@@ -55,7 +55,7 @@ def run(
         str | None, typer.Option(help="Your data: a CSV/JSONL/Parquet file or a folder of them.")
     ] = None,
     label_column: Annotated[
-        str | None, typer.Option(help="Label column of --data.  [default: label]")
+        str | None, typer.Option(help="Label column of --data.  \\[default: label]")
     ] = None,
     task_column: Annotated[
         str | None, typer.Option(help="Column of --data that names each row's task.")
@@ -65,7 +65,7 @@ def run(
     ] = None,
     scenario: Annotated[str | None, typer.Option(help="class, task or domain (incremental).")] = None,
     test_size: Annotated[
-        float | None, typer.Option(help="Held-out share of each task.  [default: 0.3]")
+        float | None, typer.Option(help="Held-out share of each task.  \\[default: 0.3]")
     ] = None,
     tensorboard: Annotated[
         bool | None, typer.Option("--tensorboard", help="Also log every evaluation to TensorBoard.")
