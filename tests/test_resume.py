@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.checkpoint import MANIFEST_FILE, TENSORS_FILE, _sha256, latest_checkpoint
+from lifelong.checkpoint import MANIFEST_FILE, TENSORS_FILE, latest_checkpoint, sha256_file
 from lifelong.experiment import strategy_dir
 
 SLOW = ["--epochs", "6", "--batch-size", "8", "--lr", "0.01", "--seed", "1", "--no-progress"]
@@ -96,7 +96,8 @@ def test_pickle_payload_in_place_of_a_checkpoint_is_never_executed(cli, tmp_path
     tensors = latest / TENSORS_FILE
     tensors.write_bytes(pickle.dumps(Payload()))
     manifest = json.loads((latest / MANIFEST_FILE).read_text())
-    manifest["files"][TENSORS_FILE] = _sha256(tensors)  # the checksum matches: only the format can stop it
+    # The checksum matches: only the file format can stop the payload.
+    manifest["files"][TENSORS_FILE] = sha256_file(tensors)
     (latest / MANIFEST_FILE).write_text(json.dumps(manifest))
     code, _, err = cli("run", "--resume", str(out), "--no-progress")
     assert code == 2 and "cannot be read" in err

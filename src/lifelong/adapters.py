@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import torch
 import torch.nn.functional as F
 
-from lifelong.checkpoint import atomic_write_json
+from lifelong.checkpoint import atomic_write_json, sha256_file
 from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
@@ -230,14 +230,6 @@ def check_task_name(task: str) -> str:
     if task in "lora_":  # PEFT finds adapters by key; a name inside its prefix breaks loading
         raise LifelongError(f"task name '{task}' is too close to PEFT's 'lora_' prefix; choose a longer name")
     return task
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -527,7 +519,7 @@ class AdapterLibrary:
         folder = self._folder(task)
         weights = folder / WEIGHTS_FILE
         expected = meta.get("weights_sha256")
-        if expected and _sha256(weights) != expected:
+        if expected and sha256_file(weights) != expected:
             raise LifelongError(
                 f"{weights} does not match the checksum in its {META_FILE} (changed or truncated); "
                 f"retrain the adapter or delete it (lifelong adapters delete {task})"
@@ -1140,7 +1132,7 @@ class AdapterLibrary:
             # PEFT writes a non-default adapter into a subfolder named after it.
             written = staging / task if (staging / task / CONFIG_FILE).is_file() else staging
             (written / "README.md").unlink(missing_ok=True)
-            meta["weights_sha256"] = _sha256(written / WEIGHTS_FILE)
+            meta["weights_sha256"] = sha256_file(written / WEIGHTS_FILE)
             atomic_write_json(written / META_FILE, meta)
             _fsync_tree(written)
             target = self.root / task

@@ -73,7 +73,7 @@ def unflatten_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return tree
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -97,7 +97,7 @@ def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict[
     atomic_write_json(partial / STATE_FILE, state)
     manifest = {
         "format": CHECKPOINT_FORMAT,
-        "files": {name: _sha256(partial / name) for name in (TENSORS_FILE, STATE_FILE)},
+        "files": {name: sha256_file(partial / name) for name in (TENSORS_FILE, STATE_FILE)},
     }
     atomic_write_json(partial / MANIFEST_FILE, manifest)
     if folder.exists():
@@ -121,7 +121,7 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         ) from None
     for name, expected in files.items():
         path = folder / name
-        if not path.is_file() or _sha256(path) != expected:
+        if not path.is_file() or sha256_file(path) != expected:
             raise LifelongError(
                 f"checkpoint file {path} does not match its checksum in {MANIFEST_FILE} (changed or truncated); "
                 "delete the folder to resume from an earlier task"
