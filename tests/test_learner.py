@@ -58,12 +58,13 @@ def test_dataloader_path_trains_as_well_as_the_fast_path() -> None:
 
 def test_task_incremental_masks_logits_to_the_tasks_classes() -> None:
     stream = tiny_stream("task")
-    learner = Learner(nn.Linear(64, 10), epochs=1, device="cpu")
+    torch.manual_seed(0)
+    learner = Learner(nn.Linear(64, 10), epochs=5, device="cpu")
     learner.fit(stream)
     logits = learner.forward(torch.zeros(2, 64), torch.tensor([0, 2]))
     assert torch.all(logits[0, 2:] == MASKED_LOGIT) and torch.all(logits[0, :2] != MASKED_LOGIT)
     assert torch.all(logits[1, 4:6] != MASKED_LOGIT) and logits[1, 0] == MASKED_LOGIT
-    # Task-incremental evaluation only chooses among the task's two classes: never below chance.
+    # Task-incremental evaluation chooses among the task's two classes only: a trained model beats chance.
     assert all(learner.evaluate(task) >= 0.5 for task in stream)
 
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from lifelong import cli_llm
 from lifelong.cli_adapters import adapters_app
+from lifelong.distributed import is_main_process
 from lifelong.errors import LifelongError
 
 app = typer.Typer(
@@ -70,6 +71,12 @@ def run(
     tensorboard: Annotated[
         bool | None, typer.Option("--tensorboard", help="Also log every evaluation to TensorBoard.")
     ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="Mixed precision: no, bf16 or fp16.  \\[default: no]")
+    ] = None,
+    processes: Annotated[
+        int, typer.Option(help="Train in this many processes on this machine (torchrun --standalone).")
+    ] = 1,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the unfinished run in this folder after its last complete task."),
@@ -78,7 +85,17 @@ def run(
 ) -> None:
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
     from lifelong.config import load_yaml_config, make_config
+    from lifelong.distributed import launch, without_option, world_size
     from lifelong.experiment import run_experiment
+
+    if processes != 1:
+        if processes < 1:
+            raise LifelongError(f"--processes must be at least 1, got {processes}")
+        if world_size() > 1:
+            raise LifelongError(
+                "--processes launches the processes itself; drop it under accelerate launch or torchrun"
+            )
+        sys.exit(launch(processes, without_option(sys.argv[1:], "--processes")))
 
     flags: dict[str, Any] = {
         "benchmark": benchmark,
@@ -99,6 +116,7 @@ def run(
         "scenario": scenario,
         "test_size": test_size,
         "tensorboard": tensorboard,
+        "precision": precision,
     }
     if resume is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None and v != []]
@@ -160,7 +178,8 @@ def main() -> None:
     try:
         app()
     except LifelongError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        if is_main_process():  # every process of a multi-process run meets the same error
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lifelong.distributed import PRECISIONS
 from lifelong.errors import LifelongError
 from lifelong.learner import OPTIMIZERS
 from lifelong.stream import SCENARIOS
@@ -34,6 +35,7 @@ class RunConfig:
     classes_per_task: int | None = None
     test_size: float = 0.3
     tensorboard: bool = False
+    precision: str = "no"
 
     def validate(self) -> RunConfig:
         self._check_types()
@@ -51,6 +53,10 @@ class RunConfig:
             )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise LifelongError(f"unknown device '{self.device}'; choose one of: auto, cpu, cuda")
+        if self.precision not in PRECISIONS:
+            raise LifelongError(
+                f"unknown precision '{self.precision}'; choose one of: {', '.join(PRECISIONS)}"
+            )
         if self.scenario is not None and self.scenario not in SCENARIOS:
             raise LifelongError(f"unknown scenario '{self.scenario}'; choose one of: {', '.join(SCENARIOS)}")
         if not 0 < self.test_size < 1:

@@ -28,6 +28,7 @@ from lifelong import metrics
 from lifelong.benchmarks import build_benchmark
 from lifelong.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
 from lifelong.config import RunConfig, make_config
+from lifelong.distributed import Processes
 from lifelong.errors import LifelongError
 from lifelong.learner import FitResult, Learner
 from lifelong.models import build_model
@@ -112,11 +113,14 @@ def run_strategy(
     progress: Progress | None = None,
     folder: Path | None = None,
     fingerprint: str = "",
+    processes: Processes | None = None,
 ) -> dict[str, Any]:
     """Train a fresh model (same seed, same initial weights) with one strategy composition.
 
     With ``folder`` the state is checkpointed after every task, and a run found there is resumed.
+    In a multi-process run every process trains; only the main one writes.
     """
+    processes = processes or Processes(config.device, config.precision)
     if folder is not None and (folder / "result.json").is_file():
         finished: dict[str, Any] = json.loads((folder / "result.json").read_text(encoding="utf-8"))
         return finished
@@ -133,6 +137,7 @@ def run_strategy(
         device=config.device,
         seed=config.seed,
         progress=progress,
+        processes=processes,
     )
     start, result = 0, None
     checkpoint = latest_checkpoint(folder) if folder is not None else None
@@ -149,12 +154,12 @@ def run_strategy(
 
     writer = (
         tensorboard_writer(folder.parent.parent / "tensorboard" / folder.name)
-        if folder and config.tensorboard
+        if folder and config.tensorboard and processes.is_main
         else None
     )
 
     def on_task_end(learner: Learner, fit: FitResult) -> None:
-        if folder is None:
+        if folder is None or not processes.is_main:
             return
         done = len(fit.matrix)
         with (folder.parent.parent / METRICS_LOG).open("a", encoding="utf-8") as log:
@@ -187,7 +192,7 @@ def run_strategy(
         "train_seconds": round(fit.train_seconds, 4),
         "eval_seconds": round(fit.eval_seconds, 4),
     }
-    if folder is not None:
+    if folder is not None and processes.is_main:
         atomic_write_json(folder / "result.json", record)
     return record
 
@@ -234,6 +239,12 @@ def run_experiment(
     if resume is not None:
         config, compositions = load_run(resume)
         run_dir = resume
+        processes = Processes(config.device, config.precision)
+        if processes.world > 1:
+            raise LifelongError(
+                "--resume runs in one process (each process's replay buffer is not checkpointed); "
+                "drop --processes or the launcher"
+            )
     else:
         if config is None:
             raise LifelongError("run_experiment needs a config or a run folder to resume")
@@ -242,10 +253,14 @@ def run_experiment(
         for composition in compositions:  # fail on a bad name before any training starts
             build_strategies(composition)
         run_dir = prepare_run_dir(config)
+        processes = Processes(config.device, config.precision)
+        processes.wait()  # every process has checked the folder before the main one writes to it
+    if not processes.is_main:
+        console, show_progress = Console(quiet=True), False
     stream = build_stream(config)
     fingerprint = config_fingerprint(config, compositions)
     created = not run_dir.exists()
-    if resume is None:
+    if resume is None and processes.is_main:
         for name in OWNED:  # --overwrite: the old run's files must not mix with the new one's
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
@@ -266,19 +281,26 @@ def run_experiment(
             for index, composition in enumerate(compositions):
                 progress.update(overall, description=f"strategy {composition}")
                 folder = strategy_dir(run_dir, index, composition)
-                results.append(run_strategy(config, stream, composition, progress, folder, fingerprint))
+                results.append(
+                    run_strategy(config, stream, composition, progress, folder, fingerprint, processes)
+                )
                 progress.advance(overall)
         document = {
             "benchmark": stream.name,
             "scenario": stream.scenario,
             "tasks": [task.name for task in stream],
             "config": {**config.to_json(), "strategies": compositions, "out": str(run_dir)},
+            "processes": processes.world,
             "versions": versions(),
             "wall_seconds": round(time.perf_counter() - started, 3),
             "results": results,
         }
+        if not processes.is_main:
+            return document
         write_results(run_dir, document)
     except BaseException as err:
+        if not processes.is_main:
+            raise
         if created and not any((run_dir / "checkpoints").glob("*/task-*")):
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing finished: leave nothing behind
         elif isinstance(err, LifelongError):

@@ -20,6 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lifelong.checkpoint import flatten_state, unflatten_state
+from lifelong.distributed import Processes, all_reduce_sum
+from lifelong.distributed import resolve_device as resolve_device
 from lifelong.errors import LifelongError
 from lifelong.strategies.base import Batch, Strategy
 from lifelong.stream import with_task_ids
@@ -50,17 +52,6 @@ class FitResult:
     eval_seconds: float = 0.0
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise LifelongError(
-            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto"
-        )
-    return resolved
-
-
 class Learner:
     """Trains one model on a stream of tasks, applying strategies through their hooks.
 
@@ -83,6 +74,8 @@ class Learner:
         seed: int = 0,
         eval_batch_size: int = 1024,
         progress: Progress | None = None,
+        precision: str = "no",
+        processes: Processes | None = None,
     ) -> None:
         if epochs < 1:
             raise LifelongError(f"epochs must be at least 1, got {epochs}")
@@ -92,13 +85,19 @@ class Learner:
             raise LifelongError(f"learning rate must be positive, got {lr}")
         if optimizer not in OPTIMIZERS:
             raise LifelongError(f"unknown optimizer '{optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
-        self.device = resolve_device(device)
+        self.processes = processes or Processes(device, precision)
+        self.device = self.processes.device
         self.model = model.to(self.device)
         self.strategies = list(strategies)
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.optimizer_name = optimizer
         self.eval_batch_size = eval_batch_size
         self.generator = torch.Generator().manual_seed(seed)
+        # Every process must draw the same batch order while strategies draw unequally (buffers of
+        # different shards), so several processes order batches with a generator of their own.
+        self.order_generator = (
+            self.generator if self.processes.world == 1 else torch.Generator().manual_seed(seed)
+        )
         self.progress = progress
         self.stream: Stream | None = None
         self.task: Task | None = None
@@ -151,43 +150,52 @@ class Learner:
         self.train_data = with_task_ids(task.train, task.index)
         for strategy in self.strategies:
             strategy.before_task(self, task)
-        self.optimizer = self.make_optimizer()
+        # `trained` is the module the training forward goes through: the model itself, or its
+        # DDP / mixed-precision wrapper; strategies keep working on the plain `self.model`.
+        trained, self.optimizer = self.processes.prepare(self.model, self.make_optimizer())
         self.model.train()
         epochs_bar = self._bar(f"{task.name} epochs", self.epochs)
-        for epoch in range(self.epochs):
-            batches = self.batches(self.train_data)
-            batch_bar = self._bar("batches", self._num_batches(self.train_data))
-            losses = []
-            for batch in batches:
-                for strategy in self.strategies:
-                    batch = strategy.train_batch(self, batch)
+        try:
+            for epoch in range(self.epochs):
+                self.train_epoch(trained, task, epoch)
+                self._advance(epochs_bar)
+        finally:
+            self.processes.release(trained)
+        self._done(epochs_bar)
+        for strategy in self.strategies:
+            strategy.after_task(self, task)
+
+    def train_epoch(self, trained: nn.Module, task: Task, epoch: int) -> None:
+        assert self.optimizer is not None
+        batch_bar = self._bar("batches", self._num_batches(self.train_data))
+        losses = []
+        for batch in self.batches(self.train_data):
+            for strategy in self.strategies:
+                batch = strategy.train_batch(self, batch)
+            with self.processes.autocast():
                 # The unmasked logits stay readable: distillation needs the other tasks' heads too.
-                self.logits = self.model_logits(batch.x, batch.task_ids)
+                self.logits = self.model_logits(batch.x, batch.task_ids, trained)
                 outputs = self.mask(self.logits, batch.task_ids)
                 loss = self.criterion(outputs, batch.y)
                 for strategy in self.strategies:
                     extra = strategy.penalty(self, batch, outputs)
                     if isinstance(extra, torch.Tensor):  # a plain 0.0 would only add an autograd node
                         loss = loss + extra
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for strategy in self.strategies:
-                    strategy.after_backward(self)
-                self.optimizer.step()
-                losses.append(loss.detach())
-                self._advance(batch_bar)
-            # One check per epoch: a per-step check would force a device sync on every batch.
-            epoch_loss = torch.stack(losses).sum()
-            if not torch.isfinite(epoch_loss):
-                raise LifelongError(
-                    f"loss became {epoch_loss.item()} in task '{task.name}', epoch {epoch + 1}; "
-                    "lower the learning rate (--lr) or the strategy's penalty strength"
-                )
-            self._done(batch_bar)
-            self._advance(epochs_bar)
-        self._done(epochs_bar)
-        for strategy in self.strategies:
-            strategy.after_task(self, task)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.processes.backward(loss)
+            for strategy in self.strategies:
+                strategy.after_backward(self)
+            self.optimizer.step()
+            losses.append(loss.detach())
+            self._advance(batch_bar)
+        # One check per epoch: a per-step check would force a device sync on every batch.
+        epoch_loss = all_reduce_sum(torch.stack(losses).sum().float())
+        if not torch.isfinite(epoch_loss):
+            raise LifelongError(
+                f"loss became {epoch_loss.item()} in task '{task.name}', epoch {epoch + 1}; "
+                "lower the learning rate (--lr) or the strategy's penalty strength"
+            )
+        self._done(batch_bar)
 
     # ---- pieces strategies use --------------------------------------------------------------------
 
@@ -195,13 +203,17 @@ class Learner:
         """Logits; in the task-incremental scenario, masked to each sample's own task classes."""
         return self.mask(self.model_logits(x, task_ids), task_ids)
 
-    def model_logits(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's raw logits. A model with ``takes_task_ids = True`` (a multi-head network,
-        per-task adapters) is also given each sample's task id."""
+    def model_logits(
+        self, x: torch.Tensor, task_ids: torch.Tensor | None = None, module: nn.Module | None = None
+    ) -> torch.Tensor:
+        """The model's raw logits (through ``module``, the model's training wrapper, when given).
+        A model with ``takes_task_ids = True`` (a multi-head network, per-task adapters) is also
+        given each sample's task id."""
+        module = module or self.model
         if getattr(self.model, "takes_task_ids", False):
-            logits: torch.Tensor = self.model(x, task_ids)
+            logits: torch.Tensor = module(x, task_ids)
         else:
-            logits = self.model(x)
+            logits = module(x)
         return logits
 
     def mask(self, logits: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor:
@@ -222,20 +234,29 @@ class Learner:
     def batches(
         self, data: Dataset, *, shuffle: bool = True, batch_size: int | None = None
     ) -> Iterator[Batch]:
+        """Batches of ``batch_size`` samples in all (this process's share of each, in a multi-process run)."""
         size = batch_size or self.batch_size
+        n = len(data)  # type: ignore[arg-type]
+        order = torch.randperm(n, generator=self.order_generator) if shuffle else torch.arange(n)
+        order = order.to(self.device) if isinstance(data, TensorDataset) else order
+        starts: Sequence[int] = range(0, n, size)
+        if shuffle and self.processes.world > 1:
+            # A global batch too small to give every process a sample is dropped by all of them
+            # alike: a process with nothing to back-propagate would leave the others waiting.
+            starts = [s for s in starts if min(size, n - s) >= self.processes.world]
+        shares = [self.processes.share(order[s : s + size]) for s in starts]
+        shares = [share for share in shares if len(share)]
         if isinstance(data, TensorDataset):
             x, y, *rest = (t.to(self.device, non_blocking=True) for t in data.tensors)
             t = rest[0] if rest else torch.zeros_like(y)
-            n = len(y)
-            order = torch.randperm(n, generator=self.generator).to(self.device) if shuffle else None
-            for start in range(0, n, size):
-                if order is None:
-                    yield Batch(x[start : start + size], y[start : start + size], t[start : start + size])
-                else:
-                    idx = order[start : start + size]
-                    yield Batch(x[idx], y[idx], t[idx])
+            if not shuffle and self.processes.world == 1:  # slices are views: no copy
+                for s in starts:
+                    yield Batch(x[s : s + size], y[s : s + size], t[s : s + size])
+                return
+            for idx in shares:
+                yield Batch(x[idx], y[idx], t[idx])
             return
-        loader = DataLoader(data, batch_size=size, shuffle=shuffle, generator=self.generator)
+        loader = DataLoader(data, batch_sampler=[share.tolist() for share in shares])
         for item in loader:
             x, y, *rest = (v.to(self.device, non_blocking=True) for v in item)
             default_id = self.task.index if self.task is not None else 0
@@ -258,6 +279,8 @@ class Learner:
             correct += int((predictions == batch.y).sum())
             total += len(batch)
         self.model.train(was_training)
+        # Each process scored its share of the test set; the sums make one score for the whole of it.
+        correct, total = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64)).tolist()
         return correct / max(total, 1)
 
     def evaluate_all(self) -> list[float]:
@@ -275,6 +298,8 @@ class Learner:
         """
         tensors: dict[str, torch.Tensor] = {}
         rng: dict[str, Any] = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if self.order_generator is not self.generator:
+            rng["order_generator"] = self.order_generator.get_state()
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
@@ -302,6 +327,8 @@ class Learner:
             strategy.load_state_dict(unflatten_state(state, tensors))
         rng = unflatten_state(tree["rng"], tensors)
         self.generator.set_state(rng["generator"])
+        if "order_generator" in rng:
+            self.order_generator.set_state(rng["order_generator"])
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])

@@ -44,7 +44,16 @@ METRIC_LABELS = {
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("lifelong", "torch", "numpy", "scikit-learn", "transformers", "peft"):
+    for package in (
+        "lifelong",
+        "torch",
+        "numpy",
+        "scikit-learn",
+        "transformers",
+        "peft",
+        "accelerate",
+        "datasets",
+    ):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

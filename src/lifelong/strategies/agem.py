@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lifelong.distributed import all_reduce_sum, group_size, local_share
 from lifelong.errors import LifelongError
 from lifelong.strategies.base import Strategy
 from lifelong.strategies.replay import Policy, ReplayBuffer
@@ -35,7 +36,7 @@ class AGEM(Strategy):
             raise LifelongError(f"agem sample_size must be at least 1, got {sample_size}")
         self.sample_size = sample_size
         # reservoir: uniform over every past sample, so each task keeps an equal share in expectation.
-        self.memory = ReplayBuffer(memory_size, policy)
+        self.memory = ReplayBuffer(local_share(memory_size), policy)  # per process, as in replay
 
     def after_backward(self, learner: Learner) -> None:
         if len(self.memory) == 0:
@@ -46,6 +47,9 @@ class AGEM(Strategy):
         # autograd.grad, not backward: the current gradients in .grad must stay untouched.
         ref_grads = torch.autograd.grad(ref_loss, params, allow_unused=True)
         g, g_ref = _flatten([p.grad for p in params], params), _flatten(ref_grads, params)
+        # Every process projects onto the same reference: the mean over all processes' memories
+        # (the gradients in .grad are already averaged by DDP).
+        g_ref = all_reduce_sum(g_ref) / group_size()
         # Branch-free, so no host sync: the coefficient is 0 (g kept exactly) when g . g_ref >= 0.
         coef = (g @ g_ref).clamp(max=0) / (g_ref @ g_ref).clamp_min(1e-12)
         g = g - coef * g_ref

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from lifelong.distributed import local_share
 from lifelong.errors import LifelongError
 from lifelong.strategies.base import Batch, Strategy
 from lifelong.strategies.replay import ReplayBuffer
@@ -31,7 +32,7 @@ class DERPP(Strategy):
         if alpha < 0 or beta < 0 or minibatch_size < 1:
             raise LifelongError("der++ needs alpha >= 0, beta >= 0 and minibatch_size >= 1")
         self.alpha, self.beta, self.minibatch_size = alpha, beta, minibatch_size
-        self.buffer = ReplayBuffer(buffer_size, "reservoir")
+        self.buffer = ReplayBuffer(local_share(buffer_size), "reservoir")  # per process, as in replay
 
     def penalty(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor | float:
         loss: torch.Tensor | float = 0.0

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.distributed import sum_over_processes
 from lifelong.errors import LifelongError
 from lifelong.strategies.anchors import (
     Forward,
@@ -167,6 +168,7 @@ class EWC(Strategy):
             ):
                 add_into(total, self._fisher_sum(model, forward, names, x, y, t, generator))
                 seen += len(y)
+        total, seen = sum_over_processes(total, seen)
         if seen == 0:
             raise LifelongError("the Fisher information needs at least one sample; the data given was empty")
         return {n: v / seen for n, v in total.items()}

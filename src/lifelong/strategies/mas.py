@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from lifelong.distributed import sum_over_processes
 from lifelong.errors import LifelongError
 from lifelong.strategies.anchors import (
     Forward,
@@ -98,6 +99,7 @@ class MAS(Strategy):
                 )
                 add_into(total, part)
                 seen += len(x)
+        total, seen = sum_over_processes(total, seen)
         if seen == 0:
             raise LifelongError("MAS importance needs at least one sample; the data given was empty")
         new = {n: v / seen for n, v in total.items()}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from lifelong.distributed import local_share
 from lifelong.errors import LifelongError
 from lifelong.strategies.base import Batch, Strategy
 
@@ -275,7 +276,8 @@ class Replay(Strategy):
     ) -> None:
         if replay_ratio < 0 or (replay_batch_size is not None and replay_batch_size < 0):
             raise LifelongError("replay_ratio and replay_batch_size must be at least 0")
-        self.buffer = ReplayBuffer(buffer_size, policy, "cpu" if storage == "cpu" else None)
+        # Each process keeps a buffer of its own shard; together they hold buffer_size samples.
+        self.buffer = ReplayBuffer(local_share(buffer_size), policy, "cpu" if storage == "cpu" else None)
         self.replay_ratio, self.replay_batch_size = replay_ratio, replay_batch_size
 
     def train_batch(self, learner: Learner, batch: Batch) -> Batch:

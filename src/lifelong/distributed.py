@@ -1,0 +1,207 @@
+"""Several processes, one run: what the Learner and the strategies need from Accelerate.
+
+Launched by ``accelerate launch``, ``torchrun`` or ``lifelong run --processes N``, every process
+trains the same model on its share of each global batch; DDP averages the gradients, so N processes
+with global batch B follow the single-process run with batch B. One process without mixed precision
+(the usual case) takes no detour at all: no Accelerator is built and every helper is the identity.
+
+Strategies stay correct without knowing any of this: data reaches them through ``Learner.batches``
+(already sharded), and sums over a task's data (Fisher, importances, reference gradients) go through
+`all_reduce_sum`, which is a no-op in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any, Literal, TypeVar
+
+import torch
+from torch import nn
+
+from lifelong.errors import LifelongError
+
+Precision = Literal["no", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("no", "bf16", "fp16")
+T = TypeVar("T", torch.Tensor, dict[str, torch.Tensor])
+
+
+def world_size() -> int:
+    """Processes in this run, as the launcher announced them (before any process group exists)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def group_size() -> int:
+    """Processes that take part in collectives: 1 unless a process group is running."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def all_reduce_sum(value: T) -> T:
+    """The sum over processes of a tensor or a dict of tensors, in place; unchanged in one process.
+
+    Plain ``torch.distributed``, so it also serves users who call `EWC.compute_fisher` inside their
+    own DDP loop without Accelerate.
+    """
+    if group_size() == 1:
+        return value
+    for tensor in value.values() if isinstance(value, dict) else [value]:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return value
+
+
+def sum_over_processes(total: dict[str, torch.Tensor], count: int) -> tuple[dict[str, torch.Tensor], int]:
+    """A per-process sum over samples and its sample count, summed over every process: each one
+    saw its own shard, so the run's estimate (Fisher, importance) is total / count of these."""
+    if group_size() == 1:
+        return total, count
+    counted = all_reduce_sum(torch.tensor(float(count), device=next(iter(total.values())).device))
+    return all_reduce_sum(total), int(counted.item())
+
+
+def local_share(total: int) -> int:
+    """This process's part of a size split over the processes (a replay buffer's slots)."""
+    return total // world_size() + (rank() < total % world_size())
+
+
+class Processes:
+    """This process's place in the run and the Accelerate calls the training loop makes."""
+
+    def __init__(self, device: str | torch.device = "auto", precision: str = "no") -> None:
+        if precision not in PRECISIONS:
+            raise LifelongError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+        self.accelerator: Any = None
+        if world_size() > 1 or precision != "no":
+            self.accelerator = _accelerator(device, precision)
+            self.device = torch.device(self.accelerator.device)
+            self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        else:
+            self.device = resolve_device(device)
+            self.rank, self.world = 0, 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, indices: torch.Tensor) -> torch.Tensor:
+        """This process's part of a global batch of sample indices (every process draws the same ones)."""
+        return indices if self.world == 1 else indices[self.rank :: self.world]
+
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The module to train through (DDP-wrapped, autocast) and the optimizer to step (loss scaling).
+
+        Done per task because strategies may change which parameters train (adapters, freezing).
+        """
+        if self.accelerator is None:
+            return model, optimizer
+        prepared_model, prepared_optimizer = self.accelerator.prepare(model, optimizer)
+        return prepared_model, prepared_optimizer
+
+    def release(self, prepared: nn.Module) -> None:
+        """End of a task: restore the model's own forward and drop Accelerate's references."""
+        if self.accelerator is not None:
+            self.accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
+            self.accelerator.free_memory()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator is None:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext() if self.accelerator is None else self.accelerator.autocast()
+
+    def wait(self) -> None:
+        """All processes reach this point before any goes on (e.g. the main one wrote a file)."""
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise LifelongError(
+            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto"
+        )
+    return resolved
+
+
+def _accelerator(device: str | torch.device, precision: str) -> Any:
+    from accelerate import Accelerator
+
+    cpu = resolve_device(device).type == "cpu"
+    try:
+        return Accelerator(cpu=cpu, mixed_precision=precision)
+    except (ValueError, RuntimeError) as err:  # e.g. fp16 on a CPU, or a second precision in one process
+        raise LifelongError(
+            f"precision '{precision}' cannot be used here ({str(err).splitlines()[0]}); try --precision bf16 or no"
+        ) from None
+
+
+@contextlib.contextmanager
+def main_process_first(processes: Processes) -> Iterator[None]:
+    """The main process does the body first (writes a file), then the others (read it)."""
+    if not processes.is_main:
+        processes.wait()
+    yield
+    if processes.is_main:
+        processes.wait()
+
+
+def launch(num_processes: int, argv: list[str]) -> int:
+    """Run ``lifelong ARGV`` in ``num_processes`` processes on this machine, as ``torchrun
+    --standalone`` does; returns the exit status (the main process's error line is already printed)."""
+    import logging
+    import sys
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # The launcher's own failure report repeats, as a traceback, the one line the main process printed.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # Threads beyond the cores only make the processes wait for each other.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=num_processes,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "lifelong", *argv)
+    except ChildFailedError as err:
+        return min(err.failures.items())[1].exitcode or 1
+    return 0
+
+
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` or ``option=VALUE`` (how --processes is kept from the children)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out

@@ -1,0 +1,126 @@
+"""Several processes on this CPU (gloo): the same run, sharded, must give the single-process answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lifelong import Learner, build_benchmark, build_model
+from lifelong.distributed import local_share, without_option
+from lifelong.strategies.ewc import EWC
+
+WORKERS = Path(__file__).parent / "workers"
+
+
+def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_process_task(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, torch.Tensor], ...]:
+    out = tmp_path_factory.mktemp("ranks")
+    done = launch(str(WORKERS / "distributed_task.py"), str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+
+
+def test_every_process_ends_the_task_with_identical_weights(two_process_task) -> None:
+    rank0, rank1 = two_process_task
+    weights = [k for k in rank0 if k.startswith("weight.")]
+    assert weights
+    for key in weights:
+        assert torch.equal(rank0[key], rank1[key]), key
+
+
+def test_fisher_over_shards_equals_the_single_process_fisher(two_process_task) -> None:
+    rank0, rank1 = two_process_task
+    stream = build_benchmark("split-digits:tasks=2", seed=0)
+    model = build_model("mlp", stream.input_shape, stream.num_classes)
+    model.load_state_dict({k.removeprefix("weight."): v for k, v in rank0.items() if k.startswith("weight.")})
+    x, y = stream.tasks[0].train.tensors
+    want = EWC(model).fisher_information([(x, y)])
+    for name, value in want.items():
+        got0, got1 = rank0[f"fisher.{name}"], rank1[f"fisher.{name}"]
+        assert torch.equal(got0, got1), name  # every process holds the same Fisher
+        scale = value.abs().max().clamp_min(1e-12)
+        assert float((got0 - value).abs().max() / scale) < 1e-5, name
+
+
+def test_two_process_run_matches_one_process(tmp_path: Path) -> None:
+    """The issue's acceptance: replay+ewc on split-digits, 2 processes vs 1, same global batch."""
+    args = ["--strategy", "replay+ewc", "--no-progress", "--device", "cpu"]  # the default settings
+    single = subprocess.run(
+        [sys.executable, "-m", "lifelong", "run", *args, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = subprocess.run(
+        [sys.executable, "-m", "lifelong", "run", *args, "--processes", "2", "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert double.stdout.count("results written to") == 1  # only the main process prints
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert (one["processes"], two["processes"]) == (1, 2)
+    acc_one = one["results"][0]["metrics"]["average_accuracy"]
+    acc_two = two["results"][0]["metrics"]["average_accuracy"]
+    assert acc_two > 0.8 and abs(acc_one - acc_two) <= 0.05, (acc_one, acc_two)
+    assert len(list((tmp_path / "two").rglob("results.json"))) == 1
+
+
+def test_bad_input_in_a_two_process_run_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lifelong",
+            "run",
+            "--strategy",
+            "nope",
+            "--processes",
+            "2",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown strategy" in lines[0], done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_buffer_shares_add_up_to_the_configured_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    shares = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        shares.append(local_share(200))
+    assert shares == [67, 67, 66]
+
+
+def test_processes_flag_is_not_passed_on_to_the_children() -> None:
+    argv = ["run", "--processes", "2", "--strategy", "ewc", "--processes=3", "--out", "x"]
+    assert without_option(argv, "--processes") == ["run", "--strategy", "ewc", "--out", "x"]
+
+
+def test_one_process_learner_builds_no_accelerator() -> None:
+    learner = Learner(torch.nn.Linear(4, 2), device="cpu")
+    assert learner.processes.accelerator is None and learner.processes.world == 1
