@@ -124,3 +124,31 @@ def test_processes_flag_is_not_passed_on_to_the_children() -> None:
 def test_one_process_learner_builds_no_accelerator() -> None:
     learner = Learner(torch.nn.Linear(4, 2), device="cpu")
     assert learner.processes.accelerator is None and learner.processes.world == 1
+
+
+def test_two_process_continual_pretrain_writes_one_run(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from lifelong.llm.data import load_corpus
+
+    prose, code = tmp_path / "prose.txt", tmp_path / "code.jsonl"
+    prose.write_text("\n".join(load_corpus("prose").documents[:20]), encoding="utf-8")
+    code.write_text(
+        "\n".join(json.dumps({"text": c[:800]}) for c in load_corpus("code").documents[:4]), encoding="utf-8"
+    )
+    out = tmp_path / "cpt"
+    env = {**os.environ, "LIFELONG_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    done = subprocess.run(
+        [*command, str(WORKERS / "distributed_pretrain.py"), str(prose), str(code), str(out)],
+        capture_output=True,
+        text=True,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads((out / "results.json").read_text())
+    perplexity = json.loads((out / "perplexity.json").read_text())
+    assert document["tasks"] == ["prose", "code"]
+    assert perplexity["after"]["code"] < perplexity["before"]["code"]  # it learned the new domain
+    assert (out / "model" / "model.safetensors").is_file()
+    assert len(list(out.rglob("results.json"))) == 1

@@ -47,6 +47,13 @@ def group_size() -> int:
     return 1
 
 
+def group_rank() -> int:
+    """This process's rank among those of the running process group (0 without one)."""
+    if group_size() > 1:
+        return torch.distributed.get_rank()
+    return 0
+
+
 def all_reduce_sum(value: T) -> T:
     """The sum over processes of a tensor or a dict of tensors, in place; unchanged in one process.
 

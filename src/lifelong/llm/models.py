@@ -132,9 +132,14 @@ def build_tiny_llama(
         with offline():  # no "Writing model shards" progress bar
             model.save_pretrained(partial)
             tokenizer.save_pretrained(partial)
-        if folder.exists():
+        if folder.exists() and not _complete(folder):
             shutil.rmtree(folder)
-        os.replace(partial, folder)
+        try:
+            os.replace(partial, folder)
+        except OSError:  # the processes of one run build the same folder at once; one of them wins
+            if not _complete(folder):
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -158,9 +163,13 @@ def tiny_llama_folder(**options: Any) -> Path:
         sort_keys=True,
     )
     folder = cache_dir() / f"{TINY_LLAMA}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if not ((folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()):
+    if not _complete(folder):
         build_tiny_llama(folder, **options)
     return folder
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
 
 
 def _tiny_options(

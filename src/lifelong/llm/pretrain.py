@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lifelong.checkpoint import atomic_write_json
+from lifelong.distributed import is_main_process
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.data import (
@@ -308,13 +309,15 @@ def continual_pretrain(
     )
     after = perplexities(model, heldout, settings.eval_batch_size, settings.eval_blocks)
     result.before, result.after = before, after
-    _drop_if_empty(out / "trainer")
-    result.checkpoint = save_model(model, tokenizer, out / "model")
-    atomic_write_json(
-        result.checkpoint / PERPLEXITY_FILE,
-        {"task": new.name, "block_size": settings.block_size, "before": before, "after": after},
-    )
-    atomic_write_json(out / PERPLEXITY_FILE, {"task": new.name, "before": before, "after": after})
+    result.checkpoint = out / "model"
+    if is_main_process():  # under a launcher every process holds the same model; one writes
+        _drop_if_empty(out / "trainer")
+        save_model(model, tokenizer, result.checkpoint)
+        atomic_write_json(
+            result.checkpoint / PERPLEXITY_FILE,
+            {"task": new.name, "block_size": settings.block_size, "before": before, "after": after},
+        )
+        atomic_write_json(out / PERPLEXITY_FILE, {"task": new.name, "before": before, "after": after})
     names = list(domains)
     if len(names) > 1:
         # The model as given counts as having learned every old domain: rows 0..T-2 are "before".
@@ -329,12 +332,11 @@ def continual_pretrain(
         "initial_scores": initial,
         "train_seconds": round(result.train_seconds, 4),
     }
-    write_results(
-        out,
-        _document(
+    if is_main_process():
+        document = _document(
             names, [record], settings, {"replay_ratio": effective}, versions(), time.perf_counter() - started
-        ),
-    )
+        )
+        write_results(out, document)
     return result
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
 
+from lifelong.distributed import group_rank, group_size, sum_over_processes
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.data import PackedCorpus, as_blocks
@@ -118,7 +119,8 @@ def causal_lm_fisher(
     draw = torch.Generator(device=device).manual_seed(seed)
     total = [torch.zeros_like(p) for p in tensors]
     with eval_mode(model), torch.enable_grad():
-        for row in range(len(blocks)):
+        # Several processes split the sequences and sum their parts; one process takes them all.
+        for row in range(group_rank(), len(blocks), group_size()):
             ids = blocks[row : row + 1].to(device)
             logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
             if kind == "sampled":
@@ -131,8 +133,10 @@ def causal_lm_fisher(
             for acc, grad in zip(total, grads, strict=True):
                 if grad is not None:
                     acc.add_(grad.detach().square())
-    count = len(blocks)
-    return {name: acc / count for name, acc in zip(names, total, strict=True)}
+    summed, count = sum_over_processes(
+        dict(zip(names, total, strict=True)), len(range(group_rank(), len(blocks), group_size()))
+    )
+    return {name: acc / count for name, acc in summed.items()}
 
 
 # ---- the distillation teacher ---------------------------------------------------------------------
@@ -228,9 +232,21 @@ class ContinualTrainer(Trainer):
         self._lwf = next((s for s in self.strategies if isinstance(s, LwF) and s.alpha > 0), None)
         self._teacher: _Teacher | None = None
         self._penalty_sums: dict[str, tuple[torch.Tensor, int]] = {}
+        self._refuse_sharded_parameters()
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, ForgettingCallback):
                 callback.attach(self)
+
+    def _refuse_sharded_parameters(self) -> None:
+        """EWC's anchors and LwF's teacher need whole parameters on every process; FSDP and
+        DeepSpeed ZeRO-3 hold only a shard of each."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        zero3 = self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3
+        if (self.is_fsdp_enabled or zero3) and (self._ewcs or self._lwf is not None):
+            raise LifelongError(
+                "ewc and lwf need whole parameters on every process, and FSDP / DeepSpeed ZeRO-3 shard them; "
+                "use DDP or ZeRO stage 1-2, or replay alone"
+            )
 
     def add_callback(self, callback: Any) -> None:
         super().add_callback(callback)
@@ -334,7 +350,8 @@ class ContinualTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.get("labels")
         # The teacher runs first: the PEFT teacher swaps weights, which must not happen under a graph.
-        teacher = self._teacher.logits(model, inputs) if self._teacher is not None else None
+        # The unwrapped model: under DDP a second forward through the wrapper would be counted twice.
+        teacher = self._teacher.logits(self._model(), inputs) if self._teacher is not None else None
         loss, outputs = cast(
             tuple[torch.Tensor, Any],
             super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch),
