@@ -152,3 +152,25 @@ def test_two_process_continual_pretrain_writes_one_run(tmp_path: Path) -> None:
     assert perplexity["after"]["code"] < perplexity["before"]["code"]  # it learned the new domain
     assert (out / "model" / "model.safetensors").is_file()
     assert len(list(out.rglob("results.json"))) == 1
+
+
+@pytest.mark.parametrize("strategies", ["ewc", "lwf"])
+def test_penalties_needing_whole_parameters_are_refused_under_fsdp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategies: str
+) -> None:
+    pytest.importorskip("transformers")
+    from transformers import TrainingArguments
+
+    from lifelong.errors import LifelongError
+    from lifelong.llm.models import load_model
+    from lifelong.llm.trainer import ContinualTrainer
+
+    monkeypatch.setenv("LIFELONG_CACHE", str(tmp_path / "cache"))
+    model, _ = load_model("tiny-llama:vocab_size=512,hidden=32,layers=1,heads=2")
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none")
+    trainer = ContinualTrainer(model=model, args=args, strategies=strategies)
+    trainer._refuse_sharded_parameters()  # plain DDP or one process: accepted
+    trainer.is_fsdp_enabled = True
+    with pytest.raises(LifelongError, match="FSDP / DeepSpeed ZeRO-3"):
+        trainer._refuse_sharded_parameters()
+    assert ContinualTrainer(model=model, args=args, strategies="naive")  # nothing that needs a whole copy
