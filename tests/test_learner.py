@@ -143,3 +143,9 @@ def test_models_fit_their_streams() -> None:
         assert model(torch.zeros(4, *shape)).shape == (4, 10)
     with pytest.raises(LifelongError, match="has no option 'width'"):
         build_model("mlp:width=3", (64,), 10)
+
+
+def test_a_model_that_does_not_fit_the_inputs_is_one_clear_line() -> None:
+    learner = Learner(nn.Linear(10, 10), epochs=1, device="cpu")  # the stream's samples have 64 features
+    with pytest.raises(LifelongError, match=r"does not fit the inputs of .*shape \(64,\).*--model mlp"):
+        learner.fit(tiny_stream())

@@ -123,8 +123,8 @@ class Learner:
         self.stream = stream
         self._class_mask = stream.class_mask().to(self.device) if stream.scenario == "task" else None
         result = result or FitResult([t.name for t in stream])
-        if not result.initial_scores:
-            result.initial_scores = self.evaluate_all()  # the random-init baseline of forward transfer
+        if not result.initial_scores:  # the random-init baseline of forward transfer
+            result.initial_scores = self._first_evaluation(stream)
         bar = (
             self.progress.add_task("tasks", total=len(stream), completed=start_task)
             if self.progress
@@ -282,6 +282,19 @@ class Learner:
         # Each process scored its share of the test set; the sums make one score for the whole of it.
         correct, total = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64)).tolist()
         return correct / max(total, 1)
+
+    def _first_evaluation(self, stream: Stream) -> list[float]:
+        """`evaluate_all`, where a model that does not fit the data fails first: say so in one line."""
+        try:
+            return self.evaluate_all()
+        except (RuntimeError, TypeError, ValueError) as err:
+            x = stream.tasks[0].test[0][0]
+            raised = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise LifelongError(
+                f"the model does not fit the inputs of '{stream.name}' (one sample: shape "
+                f"{tuple(x.shape)}, {x.dtype}): {raised}; use a model made for them, e.g. "
+                f"--model {stream.default_model}"
+            ) from None
 
     def evaluate_all(self) -> list[float]:
         if self.stream is None:
