@@ -42,7 +42,7 @@ def kill_during_third_task(out: Path, strategy: str) -> None:
     proc.wait()
 
 
-@pytest.mark.parametrize("strategy", ["naive", "replay", "ewc", "lwf", "der++"])
+@pytest.mark.parametrize("strategy", ["naive", "replay", "ewc", "lwf", "der++", "lora"])
 def test_sigkill_then_resume_equals_an_uninterrupted_run(cli, tmp_path: Path, strategy: str) -> None:
     killed = tmp_path / "killed"
     kill_during_third_task(killed, strategy)

@@ -148,7 +148,7 @@ def run_strategy(
                 f"checkpoint {checkpoint} was written with a different config than this run's {RUN_FILE}; "
                 "resume with the original settings or start a new run"
             )
-        learner.restore_state(tensors, state["learner"])
+        learner.restore_state(tensors, state["learner"], stream)
         result = FitResult(**state["result"])
         start = len(result.matrix)
 

@@ -329,15 +329,23 @@ class Learner:
         }
         return tensors, tree
 
-    def restore_state(self, tensors: dict[str, torch.Tensor], tree: dict[str, Any]) -> None:
+    def restore_state(
+        self, tensors: dict[str, torch.Tensor], tree: dict[str, Any], stream: Stream | None = None
+    ) -> None:
+        """Undo `checkpoint_state`; ``stream`` is the run's (a strategy that wraps the model needs it)."""
+        self.stream = stream or self.stream
         names = [st.name for st in self.strategies]
         if tree["strategy_names"] != names:
             raise LifelongError(
                 f"checkpoint holds strategies {tree['strategy_names']}, this run has {names}; resume with the same strategies"
             )
-        self.model.load_state_dict(unflatten_state(tree["model"], tensors))
         for strategy, state in zip(self.strategies, tree["strategies"], strict=True):
             strategy.load_state_dict(unflatten_state(state, tensors))
+        for strategy in self.strategies:  # one that wraps the model (lora) rebuilds the wrapper first
+            rebuild = getattr(strategy, "restore_model", None)
+            if rebuild is not None:
+                rebuild(self)
+        self.model.load_state_dict(unflatten_state(tree["model"], tensors))
         rng = unflatten_state(tree["rng"], tensors)
         self.generator.set_state(rng["generator"])
         if "order_generator" in rng:

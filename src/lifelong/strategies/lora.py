@@ -331,7 +331,7 @@ class LoRA(Strategy):
         """After `load_state_dict`, before the checkpoint's model weights load: rebuild the wrapper
         (with as many adapters as were trained) so that those weights have somewhere to go."""
         if self.tasks_seen and self.wrapper is None:
-            self.wrap_model(learner, tasks=self.tasks_seen)
+            self.wrap_model(learner, tasks=self.tasks_seen).freeze()  # as after_task left it
 
     def state_dict(self) -> dict[str, Any]:
         # The adapters and prototypes are part of learner.model's state; this says how many to rebuild.
