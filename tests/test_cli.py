@@ -82,6 +82,9 @@ def test_same_seed_gives_identical_matrices(cli, tmp_path: Path) -> None:
         (["--strategy", "naive:bogus=1"], "has no option 'bogus'"),
         (["--model", "mlp:hidden=wide"], "must be a number"),
         (["--benchmark", "permuted-digits", "--scenario", "task"], "fixed scenario"),
+        (["--precision", "fp8"], "unknown precision 'fp8'; choose one of: no, bf16, fp16"),
+        (["--processes", "0"], "--processes must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(cli, tmp_path: Path, args: list[str], phrase: str) -> None:

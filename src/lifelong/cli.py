@@ -23,6 +23,7 @@ app = typer.Typer(
 app.add_typer(adapters_app, name="adapters")
 app.command()(cli_llm.pretrain)
 app.command()(cli_llm.perplexity)
+app.command()(cli_llm.finetune)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -77,6 +78,10 @@ def run(
     processes: Annotated[
         int, typer.Option(help="Train in this many processes on this machine (torchrun --standalone).")
     ] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads per process; 1 is fastest for small models on a busy machine."),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the unfinished run in this folder after its last complete task."),
@@ -88,6 +93,12 @@ def run(
     from lifelong.distributed import launch, without_option, world_size
     from lifelong.experiment import run_experiment
 
+    if threads is not None:
+        if threads < 1:
+            raise LifelongError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     if processes != 1:
         if processes < 1:
             raise LifelongError(f"--processes must be at least 1, got {processes}")
