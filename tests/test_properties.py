@@ -116,4 +116,5 @@ def test_buffers_hold_only_seen_samples_within_size_and_balance(
         capped = [n for c, n in counts.items() if n < per_class[c]]  # classes that gave up slots
         if capped and max_size >= len(counts):  # fewer slots than classes cannot be balanced
             assert max(capped) - min(capped) <= 1
-            assert max(counts.values()) <= max(capped)  # a class keeping all it has is no larger
+            # A class keeping all it has may hold one more than a capped one (28 slots, 3 classes: 10/9/9).
+            assert max(counts.values()) <= min(capped) + 1

@@ -90,7 +90,7 @@ def run(
 ) -> None:
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
     from lifelong.config import load_yaml_config, make_config
-    from lifelong.distributed import launch, without_option, world_size
+    from lifelong.distributed import launch, shutdown, without_option, world_size
     from lifelong.experiment import run_experiment
 
     if threads is not None:
@@ -139,6 +139,7 @@ def run(
         return
     file_values = load_yaml_config(config) if config else {}
     run_experiment(make_config(file_values, flags), console, show_progress=progress)
+    shutdown()
 
 
 @app.command()

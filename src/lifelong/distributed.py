@@ -76,6 +76,14 @@ def sum_over_processes(total: dict[str, torch.Tensor], count: int) -> tuple[dict
     return all_reduce_sum(total), int(counted.item())
 
 
+def shutdown() -> None:
+    """End of a multi-process run: wait for every process, then close the process group (a process
+    leaving with the group open can abort in the collective library's threads at exit)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def local_share(total: int) -> int:
     """This process's part of a size split over the processes (a replay buffer's slots)."""
     return total // world_size() + (rank() < total % world_size())

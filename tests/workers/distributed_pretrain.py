@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from lifelong.distributed import shutdown
 from lifelong.llm.pretrain import TrainSettings, continual_pretrain
 
 torch.set_num_threads(1)
@@ -22,3 +23,4 @@ continual_pretrain(
     strategies="ewc+lwf",
     settings=TrainSettings(block_size=16, batch_size=4, eval_blocks=4, learning_rate=3e-3, device="cpu"),
 )
+shutdown()

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from lifelong import Learner, build_benchmark, build_model
-from lifelong.distributed import Processes
+from lifelong.distributed import Processes, shutdown
 from lifelong.strategies.ewc import EWC
 
 torch.set_num_threads(1)
@@ -30,3 +30,4 @@ fisher, _ = ewc.terms[-1]
 tensors = {f"weight.{k}": v.detach() for k, v in model.state_dict().items()}
 tensors |= {f"fisher.{k}": v for k, v in fisher.items()}
 save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"rank{processes.rank}.safetensors"))
+shutdown()
