@@ -174,3 +174,23 @@ def test_penalties_needing_whole_parameters_are_refused_under_fsdp(
     with pytest.raises(LifelongError, match="FSDP / DeepSpeed ZeRO-3"):
         trainer._refuse_sharded_parameters()
     assert ContinualTrainer(model=model, args=args, strategies="naive")  # nothing that needs a whole copy
+
+
+def test_bf16_mixed_precision_run_learns_like_full_precision(tmp_path: Path) -> None:
+    """In a subprocess: Accelerate's state is one per process, and other tests build their own."""
+    args = ["--strategy", "replay", "--epochs", "3", "--no-progress", "--device", "cpu", "--threads", "1"]
+    accuracies = []
+    for precision in ("no", "bf16"):
+        out = tmp_path / precision
+        done = subprocess.run(
+            [sys.executable, "-m", "lifelong", "run", *args, "--precision", precision, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        document = json.loads((out / "results.json").read_text())
+        assert document["config"]["precision"] == precision
+        accuracies.append(document["results"][0]["metrics"]["average_accuracy"])
+    assert accuracies[1] > 0.5 and abs(accuracies[0] - accuracies[1]) < 0.1, accuracies
+    assert accuracies[0] != accuracies[1]  # bf16 really ran: its rounding changes the numbers
