@@ -116,12 +116,16 @@ def per_sample_sum(
         return scalar(logits, *(e.unsqueeze(0) for e in ei))
 
     grads_of = vmap(grad(one), in_dims=(None, 0, 0, *(0 for _ in extras)))
-    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    total = {n: torch.zeros(p.shape, dtype=p.dtype, device=p.device) for n, p in params.items()}
     for start in range(0, len(x), chunk_size):
         part = slice(start, start + chunk_size)
-        for n, g in grads_of(params, x[part], t[part], *(e[part] for e in extras)).items():
+        grads = grads_of(params, x[part], t[part], *(e[part] for e in extras))
+        w = torch.ones(len(x[part]), device=x.device) if weight is None else weight[part]
+        for n, g in grads.items():
             g = g.square_() if power == 2 else g.abs_()  # in place: the chunk's gradients are the big tensor
-            total[n] += g.sum(0) if weight is None else torch.tensordot(weight[part], g, dims=1)
+            # The (weighted) sum over the chunk as one matrix-vector product into the total: a single
+            # read of the gradients and no temporary (a sum over dim 0 is a slower, strided reduction).
+            total[n].view(-1).addmv_(g.reshape(len(g), -1).t(), w.to(g.dtype))
     return {n.removeprefix("model."): v for n, v in total.items()}
 
 

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lifelong.distributed import sum_over_processes
@@ -56,7 +55,10 @@ EXACT_TAIL = 1e-6
 
 
 def _nll(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, label)
+    """Cross-entropy of the one-sample batch `per_sample_sum` gives, written out: bit for bit what
+    `F.cross_entropy` gives, in fewer ops under vmap than nll_loss's batching rule (5-10% of the
+    Fisher time of the split-digits MLP)."""
+    return -logits.log_softmax(-1).gather(-1, label.unsqueeze(-1)).mean()
 
 
 def _likely_pairs(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
