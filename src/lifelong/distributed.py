@@ -89,6 +89,9 @@ def local_share(total: int) -> int:
     return total // world_size() + (rank() < total % world_size())
 
 
+_NO_AUTOCAST = contextlib.nullcontext()  # reusable: one process in full precision enters it every step
+
+
 class Processes:
     """This process's place in the run and the Accelerate calls the training loop makes."""
 
@@ -137,7 +140,7 @@ class Processes:
             self.accelerator.backward(loss)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext() if self.accelerator is None else self.accelerator.autocast()
+        return _NO_AUTOCAST if self.accelerator is None else self.accelerator.autocast()
 
     def wait(self) -> None:
         """All processes reach this point before any goes on (e.g. the main one wrote a file)."""

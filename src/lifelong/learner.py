@@ -57,8 +57,9 @@ class Learner:
 
     Strategies read what they need from the learner: ``model``, ``device``, ``task``,
     ``train_data`` (replaceable in ``before_task``), ``optimizer``, ``generator`` (the run's RNG,
-    so results repeat for a seed), ``forward``, ``criterion`` and ``logits`` (the current
-    training batch's logits before task-incremental masking).
+    so results repeat for a seed), ``forward``, ``criterion``, ``logits`` (the current
+    training batch's logits before task-incremental masking) and ``task_loss`` (its loss before
+    any penalty).
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class Learner:
         self.optimizer: torch.optim.Optimizer | None = None
         self._class_mask: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None  # this training batch's logits before masking
+        self.task_loss: torch.Tensor | None = None  # this training batch's loss before penalties
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -176,7 +178,7 @@ class Learner:
                 # The unmasked logits stay readable: distillation needs the other tasks' heads too.
                 self.logits = self.model_logits(batch.x, batch.task_ids, trained)
                 outputs = self.mask(self.logits, batch.task_ids)
-                loss = self.criterion(outputs, batch.y)
+                loss = self.task_loss = self.criterion(outputs, batch.y)
                 for strategy in self.strategies:
                     extra = strategy.penalty(self, batch, outputs)
                     if isinstance(extra, torch.Tensor):  # a plain 0.0 would only add an autograd node
@@ -186,6 +188,7 @@ class Learner:
             for strategy in self.strategies:
                 strategy.after_backward(self)
             self.optimizer.step()
+            self.task_loss = None  # a penalty computed outside this loop must not see a stale one
             losses.append(loss.detach())
             self._advance(batch_bar)
         # One check per epoch: a per-step check would force a device sync on every batch.
@@ -239,24 +242,29 @@ class Learner:
         n = len(data)  # type: ignore[arg-type]
         order = torch.randperm(n, generator=self.order_generator) if shuffle else torch.arange(n)
         order = order.to(self.device) if isinstance(data, TensorDataset) else order
+        world = self.processes.world
         starts: Sequence[int] = range(0, n, size)
-        if shuffle and self.processes.world > 1:
+        if shuffle and world > 1:
             # A global batch too small to give every process a sample is dropped by all of them
             # alike: a process with nothing to back-propagate would leave the others waiting.
-            starts = [s for s in starts if min(size, n - s) >= self.processes.world]
-        shares = [self.processes.share(order[s : s + size]) for s in starts]
-        shares = [share for share in shares if len(share)]
+            starts = [s for s in starts if min(size, n - s) >= world]
+        shares = (
+            order[s : s + size] if world == 1 else self.processes.share(order[s : s + size]) for s in starts
+        )
         if isinstance(data, TensorDataset):
             x, y, *rest = (t.to(self.device, non_blocking=True) for t in data.tensors)
             t = rest[0] if rest else torch.zeros_like(y)
-            if not shuffle and self.processes.world == 1:  # slices are views: no copy
+            if not shuffle and world == 1:  # slices are views: no copy
                 for s in starts:
                     yield Batch(x[s : s + size], y[s : s + size], t[s : s + size])
                 return
+            # One task's own data has one task id throughout: a view of it saves a gather per batch.
+            one_task = n > 0 and bool((t == t[0]).all())
             for idx in shares:
-                yield Batch(x[idx], y[idx], t[idx])
+                if len(idx):
+                    yield Batch(x[idx], y[idx], t[: len(idx)] if one_task else t[idx])
             return
-        loader = DataLoader(data, batch_sampler=[share.tolist() for share in shares])
+        loader = DataLoader(data, batch_sampler=[share.tolist() for share in shares if len(share)])
         for item in loader:
             x, y, *rest = (v.to(self.device, non_blocking=True) for v in item)
             default_id = self.task.index if self.task is not None else 0

@@ -102,7 +102,10 @@ class LwF(Strategy):
         new = learner.logits if learner.logits is not None else outputs
         kd = self.distillation_loss(new, old, self.heads, self.temperature)
         # alpha*T^2*KL - alpha*task_loss: added to the Learner's task loss this is the seed's mix.
-        return self.alpha * (self.temperature**2 * kd - learner.criterion(outputs, batch.y))
+        task_loss = getattr(learner, "task_loss", None)  # the Learner's own, not computed twice
+        if task_loss is None:
+            task_loss = learner.criterion(outputs, batch.y)
+        return self.alpha * (self.temperature**2 * kd - task_loss)
 
     def state_dict(self) -> dict[str, Any]:
         weights = self._pending if self.teacher is None else self.teacher.state_dict()
