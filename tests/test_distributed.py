@@ -194,3 +194,27 @@ def test_bf16_mixed_precision_run_learns_like_full_precision(tmp_path: Path) -> 
         accuracies.append(document["results"][0]["metrics"]["average_accuracy"])
     assert accuracies[1] > 0.5 and abs(accuracies[0] - accuracies[1]) < 0.1, accuracies
     assert accuracies[0] != accuracies[1]  # bf16 really ran: its rounding changes the numbers
+
+
+def test_two_process_overwrite_of_a_finished_run_trains_again(tmp_path: Path) -> None:
+    """The main process clears the old run before any process may take its results for finished."""
+    args = [
+        "--strategy",
+        "naive",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--processes",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    for extra in ([], ["--overwrite", "--seed", "1"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "lifelong", "run", *args, *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["config"]["seed"] == 1

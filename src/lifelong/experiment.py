@@ -265,6 +265,7 @@ def run_experiment(
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         atomic_write_json(run_dir / RUN_FILE, {"config": config.to_json(), "strategies": compositions})
+    processes.wait()  # no process may read the folder (a finished strategy of an overwritten run) before that
     started = time.perf_counter()
     results = []
     try:
