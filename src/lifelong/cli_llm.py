@@ -1,4 +1,4 @@
-"""The language-model commands: ``lifelong pretrain`` and ``lifelong perplexity``.
+"""The language-model commands: ``lifelong pretrain``, ``lifelong finetune`` and ``lifelong perplexity``.
 
 Plain functions with Typer annotations, mounted on the main app in `lifelong.cli`. Heavy imports
 (transformers, datasets) happen inside them, so ``lifelong --help`` stays fast.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -212,3 +212,153 @@ def _trained_block_size(folder: Path) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return int(value) if isinstance(value, int) and value > 1 else None
+
+
+def finetune(
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="One task of the stream, in order (repeatable): a .jsonl file of {prompt, completion}, "
+            "{messages} or {text} records, or the built-in skills (three tasks).  \\[default: skills]",
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="tiny-llama (built locally) or a local model folder (model + tokenizer).")
+    ] = "tiny-llama",
+    replay: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replay",
+            help="Data the model already learned (repeatable .jsonl): replayed by 'replay' and scored.",
+        ),
+    ] = None,
+    replay_ratio: Annotated[
+        float | None,
+        typer.Option(help="Share of training examples replayed (replay, self-replay).  \\[default: 0.1]"),
+    ] = None,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="naive, replay, self-replay, lwf, ewc; 'replay+lwf' composes; 'self-replay:ratio=0.2'; "
+            "repeat to compare.  \\[default: replay with --replay, else naive]",
+        ),
+    ] = None,
+    self_replay_prompts: Annotated[
+        str | None,
+        typer.Option(help="JSONL of {prompt} or {messages} records that self-replay asks the model."),
+    ] = None,
+    lora: Annotated[
+        bool, typer.Option("--lora", help="Train a LoRA adapter (base frozen); keep one per task.")
+    ] = False,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.  \\[default: 16]")] = None,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="With --lora: also merge the task adapters and score the merge.")
+    ] = False,
+    metric: Annotated[
+        str, typer.Option(help="exact (exact match), or module:function of (prediction, reference).")
+    ] = "exact",
+    out: Annotated[str | None, typer.Option(help="Run folder.  \\[default: runs/finetune-<time>]")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Reuse a folder with a finished run.")
+    ] = False,
+    epochs: Annotated[
+        float | None, typer.Option(help="Epochs per task.  \\[default: 1; 8 for tiny-llama]")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Max learning rate.  \\[default: 1e-5; 2e-4 with --lora; 3e-3 for tiny-llama]"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Examples per batch.  \\[default: 4; 32 for tiny-llama]")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Tokens per example.  \\[default: 256; 64 for tiny-llama]")
+    ] = None,
+    packing: Annotated[
+        bool, typer.Option("--packing", help="Join examples into equal blocks of --block-size tokens.")
+    ] = False,
+    block_size: Annotated[int, typer.Option(help="Tokens per packed block.")] = 128,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Bound on generated answer tokens.  \\[default: 64; 16 for tiny-llama]")
+    ] = None,
+    eval_examples: Annotated[
+        int | None, typer.Option(help="Held-out examples scored per task.  \\[default: all]")
+    ] = None,
+    schedule: Annotated[
+        str, typer.Option(help="LR schedule: rewarm-cosine, infinite or constant.")
+    ] = "rewarm-cosine",
+    warmup_ratio: Annotated[float, typer.Option(help="Share of each task's steps spent warming up.")] = 0.1,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    report_to: Annotated[
+        str, typer.Option(help="Trainer logging integrations: none, tensorboard, wandb, ...")
+    ] = "none",
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order and sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads.  \\[default: torch's; 1 for tiny-llama, fastest for it]"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar while a task trains.")] = True,
+) -> None:
+    """Continual instruction tuning: fine-tune on task after task, score every task after each, compare strategies."""
+    from dataclasses import replace
+    from datetime import datetime
+
+    from lifelong.llm.finetune import FinetuneSettings, finetune, tiny_skills_settings
+    from lifelong.llm.models import is_tiny_llama
+
+    if replay_ratio is not None and strategy and not any("replay" in s for s in strategy):
+        raise LifelongError(
+            "--replay-ratio sets the share of 'replay' or 'self-replay' in --strategy; add one, e.g. -s replay"
+        )
+    if lora_r is not None and not lora:
+        raise LifelongError("--lora-r sets the rank of the LoRA adapters; add --lora")
+    if threads is None and is_tiny_llama(model):
+        threads = 1  # on a busy CPU, threads of a model this small mostly wait for each other (40x slower)
+    if threads is not None:
+        if threads < 1:
+            raise LifelongError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    base = tiny_skills_settings() if is_tiny_llama(model) else FinetuneSettings()
+    given: dict[str, Any] = {
+        "epochs": epochs,
+        "learning_rate": lr,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "max_new_tokens": max_new_tokens,
+    }
+    settings = replace(
+        base,
+        **{k: v for k, v in given.items() if v is not None},
+        packing=packing,
+        block_size=block_size,
+        eval_examples=eval_examples,
+        schedule=schedule,
+        warmup_ratio=warmup_ratio,
+        gradient_accumulation_steps=grad_accum,
+        report_to=report_to,
+        seed=seed,
+        device=device,
+    )
+    finetune(
+        model,
+        data or ["skills"],
+        out or f"runs/finetune-{datetime.now():%Y%m%d-%H%M%S}",
+        strategies=strategy,
+        replay=replay,
+        replay_ratio=0.1 if replay_ratio is None else replay_ratio,
+        self_replay_prompts=self_replay_prompts,
+        lora={"r": lora_r} if lora and lora_r is not None else lora,
+        merge=merge,
+        metric=metric,
+        settings=settings,
+        overwrite=overwrite,
+        console=console,
+        progress=progress,
+    )

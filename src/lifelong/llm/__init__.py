@@ -1,4 +1,5 @@
-"""The causal-LM side: text data and packing, `ContinualTrainer`, continual pre-training, perplexity.
+"""The causal-LM side: text data and packing, `ContinualTrainer`, continual pre-training, continual
+instruction tuning (`finetune`), perplexity.
 
 Needs the ``llm`` extra (``pip install 'lifelong[llm]'``: transformers, datasets, peft, accelerate,
 tokenizers)::
@@ -7,6 +8,9 @@ tokenizers)::
 
     result = continual_pretrain("tiny-llama", "code", "runs/cpt", replay_corpus="prose", replay_ratio=0.2)
     print(result.before, result.after)   # perplexity per domain
+
+    from lifelong.llm import finetune
+    finetune("tiny-llama", "skills", "runs/skills", strategies=["naive", "replay", "lwf", "self-replay"])
 
 Names are imported on first use, so ``import lifelong.llm.data`` does not pull in transformers. The
 single-corpus ``perplexity`` function lives in `lifelong.llm.perplexity` (the module's name).
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
         mix_by_token_share,
         pack,
     )
+    from lifelong.llm.finetune import FinetuneSettings, finetune
     from lifelong.llm.models import build_tiny_llama, load_model
     from lifelong.llm.perplexity import perplexities
     from lifelong.llm.pretrain import TaskResult, TrainSettings, continual_pretrain, run_pretrain
@@ -43,6 +48,8 @@ _WHERE = {
     "load_corpus": "data",
     "mix_by_token_share": "data",
     "pack": "data",
+    "FinetuneSettings": "finetune",
+    "finetune": "finetune",
     "build_tiny_llama": "models",
     "load_model": "models",
     "perplexities": "perplexity",
@@ -60,6 +67,7 @@ __all__ = [
     "CausalCollator",
     "ContinualTrainer",
     "Corpus",
+    "FinetuneSettings",
     "ForgettingCallback",
     "PackedCorpus",
     "TaskResult",
@@ -68,6 +76,7 @@ __all__ = [
     "builtin_corpus",
     "causal_lm_fisher",
     "continual_pretrain",
+    "finetune",
     "load_corpus",
     "load_model",
     "lr_lambda",

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ HELDOUT_EVERY = 10  # one document (or block) in ten is held out for perplexity
 # weigh the same and the demo stays a few minutes on a CPU.
 CODE_CHARS = 450_000
 _CODE_CHUNK_CHARS = 2_000
+T = TypeVar("T")  # documents, or instruction records: anything split one in ten
 SOURCE_COLUMN = "source"  # which corpus a block came from, in a mixed set (0 = new, 1 = replay)
 
 
@@ -296,7 +297,7 @@ def _chunks(text: str, limit: int) -> Iterable[str]:
         yield "\n\n".join(piece)
 
 
-def split_documents(documents: Sequence[str]) -> tuple[list[str], list[str]]:
+def split_documents(documents: Sequence[T]) -> tuple[list[T], list[T]]:
     """(train, held-out): every `HELDOUT_EVERY`-th document, counted from the fifth, is held out."""
     held = [d for i, d in enumerate(documents) if i % HELDOUT_EVERY == HELDOUT_EVERY // 2]
     train = [d for i, d in enumerate(documents) if i % HELDOUT_EVERY != HELDOUT_EVERY // 2]
