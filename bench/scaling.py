@@ -57,31 +57,31 @@ def main() -> None:
     parser.add_argument("--precision", default="no")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    # One process may use every core; each of N processes gets its share of them.
-    configs = {
-        "1 process": (1, cores),
-        f"{args.processes} processes": (args.processes, max(1, cores // args.processes)),
-    }
+    # One process may use every core, or only one process's share of them (the same resources per
+    # process: the split's own efficiency); each of N processes gets its share.
+    share = max(1, cores // args.processes)
+    many = f"{args.processes} processes"
+    configs = {"1 process": (1, cores), "1 process, share": (1, share), many: (args.processes, share)}
     figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for name, (processes, threads) in configs.items():
                 figures[name].append(run(processes, threads, args.device, args.precision, Path(tmp) / "r"))
     print(f"machine: {cores} cores, device {args.device}, precision {args.precision}")
-    print(f"{'configuration':<14} {'threads':>7} {'wall s':>8} {'train s':>8} {'avg acc':>8}")
+    print(f"{'configuration':<18} {'threads':>7} {'wall s':>8} {'train s':>8} {'avg acc':>8}")
     for name, (_, threads) in configs.items():
         walls, trains, accs = zip(*figures[name], strict=True)
         print(
-            f"{name:<14} {threads:>7} {statistics.median(walls):>8.1f} {statistics.median(trains):>8.1f} "
+            f"{name:<18} {threads:>7} {statistics.median(walls):>8.1f} {statistics.median(trains):>8.1f} "
             f"{statistics.median(accs):>8.3f}"
         )
-    one, many = figures["1 process"], figures[f"{args.processes} processes"]
-    for column, label in ((0, "wall"), (1, "train")):
-        ratios = [a[column] / b[column] for a, b in zip(one, many, strict=True)]
-        print(
-            f"speed-up ({label}, 1 process / {args.processes}): median {statistics.median(ratios):.2f} "
-            f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
-        )
+    for single in ("1 process", "1 process, share"):
+        for column, label in ((0, "wall"), (1, "train")):
+            ratios = [a[column] / b[column] for a, b in zip(figures[single], figures[many], strict=True)]
+            print(
+                f"speed-up, {label} time of '{single}' / '{many}': median {statistics.median(ratios):.2f} "
+                f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
+            )
 
 
 if __name__ == "__main__":

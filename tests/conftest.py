@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -30,3 +30,11 @@ def cli(
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def llm_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The cache of built models (tiny-llama) in the test session's folder, shared by the LLM tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIFELONG_CACHE", str(tmp_path_factory.getbasetemp() / "llm-cache"))
+        yield

@@ -6,7 +6,6 @@ from __future__ import annotations
 import builtins
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ from rich.console import Console
 
 from lifelong.adapters import AdapterLibrary
 from lifelong.errors import LifelongError
+from lifelong.llm.answers import exact_match
 from lifelong.llm.finetune import (
     FinetuneSettings,
     evaluate_task,
-    exact_match,
     finetune,
     load_task_adapter,
     parse_plans,
@@ -35,13 +34,6 @@ from lifelong.llm.trainer import ContinualTrainer
 from lifelong.strategies import LwF
 
 TINY = "tiny-llama:vocab_size=512,hidden=32,layers=1,heads=2"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LIFELONG_CACHE", str(tmp_path_factory.getbasetemp() / "llm-cache"))
-        yield
 
 
 def fast(**overrides: Any) -> FinetuneSettings:
@@ -57,6 +49,9 @@ def fast(**overrides: Any) -> FinetuneSettings:
 
 def quiet() -> Console:
     return Console(file=io.StringIO())
+
+
+pytestmark = pytest.mark.usefixtures("llm_cache")  # tiny-llama builds once, in a test folder
 
 
 @pytest.fixture(scope="module")

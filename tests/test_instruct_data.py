@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,7 @@ TEMPLATE = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LIFELONG_CACHE", str(tmp_path_factory.getbasetemp() / "llm-cache"))
-        yield
+pytestmark = pytest.mark.usefixtures("llm_cache")  # tiny-llama builds once, in a test folder
 
 
 @pytest.fixture(scope="module")

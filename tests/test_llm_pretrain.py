@@ -29,6 +29,9 @@ def fast() -> TrainSettings:
     return TrainSettings(block_size=16, batch_size=8, eval_blocks=4, learning_rate=3e-3)
 
 
+pytestmark = pytest.mark.usefixtures("llm_cache")  # tiny-llama builds once, in a test folder
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
     # Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP threads that
@@ -37,13 +40,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LIFELONG_CACHE", str(tmp_path_factory.getbasetemp() / "llm-cache"))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,9 @@ class Processes:
         """End of a task: restore the model's own forward and drop Accelerate's references."""
         if self.accelerator is not None:
             self.accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)
-            self.accelerator.free_memory()
+            # What `free_memory` drops, without its full garbage collection (0.2 s a task here).
+            for kept in (self.accelerator._models, self.accelerator._optimizers):
+                kept.clear()
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.accelerator is None:

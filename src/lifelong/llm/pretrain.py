@@ -481,7 +481,7 @@ def run_pretrain(
     from rich.console import Console
 
     from lifelong.metrics import summarize
-    from lifelong.report import versions, write_report, write_results
+    from lifelong.report import versions, write_results
 
     console = console or Console()
     started = time.perf_counter()
@@ -577,12 +577,24 @@ def run_pretrain(
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing finished: leave nothing behind
         raise
+    return publish_run(run_dir, document, console, print_pretrain_results)
+
+
+def publish_run(
+    run_dir: Path,
+    document: dict[str, Any],
+    console: Console,
+    print_results: Callable[[Console, dict[str, Any]], None],
+) -> dict[str, Any]:
+    """After ``results.json`` is written: tidy the folder, write the report, print the tables."""
+    from lifelong.report import write_report
+
     _drop_if_empty(run_dir / "trainer")
     try:
         write_report(run_dir, document)
     except LifelongError as err:  # the results are written; a report problem must not hide them
         console.print(f"[yellow]report not written: {err}[/]")
-    print_pretrain_results(console, document)
+    print_results(console, document)
     console.print(f"results written to {run_dir / RESULTS_FILE}")
     return document
 

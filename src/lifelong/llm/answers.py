@@ -1,0 +1,130 @@
+"""Answers of an instruction model: batched greedy generation, answer-token loss, answer metrics.
+
+What `finetune` scores after every task, and how self-replay answers its prompts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+
+from lifelong.errors import LifelongError
+from lifelong.llm.instruct import IGNORE, Example, pad_batch
+from lifelong.llm.models import offline
+from lifelong.strategies.anchors import eval_mode
+
+Metric = Callable[[str, str], float]
+
+
+@dataclass
+class Prompt:
+    """A prompt self-replay may answer: its tokens, the tokens that end an answer, an answer bound."""
+
+    ids: list[int]
+    stop_ids: tuple[int, ...]
+    max_new_tokens: int
+
+
+# ---- metrics on answers ------------------------------------------------------------------------------------
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(prediction.strip() == reference.strip())
+
+
+def resolve_metric(metric: str | Metric | None) -> tuple[Metric, str]:
+    """(function, name): ``None`` or ``"exact"`` for exact match, a callable, or ``"module:function"``."""
+    if metric is None or metric in ("exact", "exact-match", "exact_match"):
+        return exact_match, "exact match"
+    if callable(metric):
+        return metric, getattr(metric, "__name__", "metric")
+    module_name, _, name = str(metric).partition(":")
+    if not name:
+        raise LifelongError(f"metric '{metric}' is not 'exact' or 'module:function' (e.g. mymetrics:f1)")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise LifelongError(
+            f"cannot import metric '{metric}' ({err}); check the module is importable"
+        ) from None
+    if not callable(function):
+        raise LifelongError(f"metric '{metric}' is not a function of (prediction, reference)")
+    return cast(Metric, function), name
+
+
+# ---- generation and evaluation -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    prompts: Sequence[Prompt],
+    pad_id: int,
+    batch_size: int = 64,
+) -> list[list[int]]:
+    """Greedy answers in batches (left-padded, shortest prompts together), each cut after its first stop token."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
+    out: list[list[int]] = [[] for _ in prompts]
+    with eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(prompts[i].ids) for i in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for k, i in enumerate(rows):
+                row = prompts[i].ids
+                ids[k, width - len(row) :] = torch.tensor(row)
+                mask[k, width - len(row) :] = 1
+            stops = sorted({s for i in rows for s in prompts[i].stop_ids})
+            config = GenerationConfig(
+                max_new_tokens=max(prompts[i].max_new_tokens for i in rows),
+                do_sample=False,
+                eos_token_id=stops or None,
+                pad_token_id=pad_id,
+            )
+            with offline():
+                generated = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+                )
+            for k, i in enumerate(rows):
+                answer = generated[k, width:].tolist()
+                ends = [n for n, token in enumerate(answer) if token in prompts[i].stop_ids]
+                out[i] = answer[: ends[0] + 1] if ends else answer[: prompts[i].max_new_tokens]
+    return out
+
+
+@torch.no_grad()
+def answer_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int = 64) -> float:
+    """Mean next-token loss over answer tokens (labels != -100), all examples pooled."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            batch = pad_batch([e.input_ids for e in chunk], [e.labels for e in chunk], pad_id)
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
+            labels = batch["labels"][:, 1:].to(device)
+            total += float(
+                F.cross_entropy(
+                    logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"
+                )
+            )
+            count += int((labels != IGNORE).sum())
+    return total / max(count, 1)
+
+
+def answer_prompts(examples: Sequence[Example], max_new_tokens: int) -> list[Prompt]:
+    """The prompts of answered examples, each bounded by its task's longest reference answer."""
+    longest = max((sum(label != IGNORE for label in e.labels) for e in examples), default=0)
+    bound = max(1, min(max_new_tokens, longest + 8))
+    return [Prompt(e.prompt_ids, e.stop_ids, bound) for e in examples if e.answer is not None]
