@@ -473,6 +473,20 @@ class AdapterLibrary:
         """The PEFT model holding every loaded adapter (None until the first adapter is loaded)."""
         return self._peft
 
+    @peft_model.setter
+    def peft_model(self, model: PeftModel) -> None:
+        """Adopt a PEFT model over this library's base (one trained in your own loop): the library
+        then saves, loads and merges through it."""
+        self._peft = model
+
+    def add(self, task: str, config: LoraConfig, details: Mapping[str, Any] | None = None) -> AdapterInfo:
+        """Save the adapter ``task`` of `peft_model`, trained outside `train`, into the library as if
+        `train` had written it; ``details`` (data size, scores, how it was trained) join its metadata."""
+        meta = self._record(task, config, kind="trained") | dict(details or {})
+        self._save(task, meta, overwrite=False)
+        self._loaded.add(task)
+        return self.info(task)
+
     # ---- listing --------------------------------------------------------------------------------------
 
     def list(self) -> builtins.list[AdapterInfo]:

@@ -672,7 +672,7 @@ def _with_lora(model: Any, ctx: _Context, slug: str) -> tuple[Any, Any]:
         raise LifelongError(f"bad LoRA option: {err}") from None
     with _peft_call():
         peft = get_peft_model(model, config, adapter_name=LORA_ADAPTER)
-    library._peft = peft  # the library saves, loads and merges through the same PEFT model
+    library.peft_model = peft  # the library saves, loads and merges through the same PEFT model
     return library, peft
 
 
@@ -681,8 +681,6 @@ def _store_adapter(library: Any, peft: Any, task: str, size: int, score: float |
 
     The training adapter keeps one name through the stream, so EWC's anchors and the distillation
     teacher keep pointing at the weights that train; each task's state is a frozen copy beside it.
-    AdapterLibrary has no public call to add an adapter trained elsewhere, so this uses its own
-    record and save: the folder is exactly what its ``train`` writes.
     """
     from lifelong.adapters import _peft_call
 
@@ -696,19 +694,20 @@ def _store_adapter(library: Any, peft: Any, task: str, size: int, score: float |
                 parameter.copy_(source[name.replace(f".{task}.", f".{LORA_ADAPTER}.")])
                 parameter.requires_grad_(False)
     peft.set_adapter(LORA_ADAPTER)  # PEFT's set_adapter leaves only the active adapter trainable
-    meta = library._record(task, config, kind="trained")
-    meta |= {
-        "training": {"continual": True, "after": task},
-        "data_size": size,
-        "eval": {
-            "metric": "exact match" if score is not None else "loss",
-            "value": score if score is not None else loss,
-            "loss": loss,
-            "split": "heldout",
+    library.add(
+        task,
+        config,
+        {
+            "training": {"continual": True, "after": task},
+            "data_size": size,
+            "eval": {
+                "metric": "exact match" if score is not None else "loss",
+                "value": score if score is not None else loss,
+                "loss": loss,
+                "split": "heldout",
+            },
         },
-    }
-    library._save(task, meta, overwrite=False)
-    library._loaded.add(task)
+    )
 
 
 def _merged(library: Any, ctx: _Context, tasks: list[str]) -> dict[str, Any]:
