@@ -25,6 +25,16 @@ MODEL_DEFAULTS = {"block_size": 128, "batch_size": 4}
 DEFAULT_STRATEGIES = ["naive", "replay", "lwf", "ewc"]
 
 
+# Options the LLM commands share.
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Reuse a folder with a finished run.")]
+Schedule = Annotated[str, typer.Option(help="LR schedule: rewarm-cosine, infinite or constant.")]
+WarmupRatio = Annotated[float, typer.Option(help="Share of each task's steps spent warming up.")]
+GradAccum = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
+ReportTo = Annotated[str, typer.Option(help="Trainer logging integrations: none, tensorboard, wandb, ...")]
+Seed = Annotated[int, typer.Option(help="Seed for weights, data order and sampling.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+
+
 def pretrain(
     model: Annotated[
         str,
@@ -57,9 +67,7 @@ def pretrain(
         ),
     ] = None,
     out: Annotated[str | None, typer.Option(help="Run folder.  \\[default: runs/pretrain-<time>]")] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Reuse a folder with a finished run.")
-    ] = False,
+    overwrite: Overwrite = False,
     epochs: Annotated[float, typer.Option(help="Epochs per domain.")] = 1.0,
     first_epochs: Annotated[
         float | None,
@@ -68,17 +76,15 @@ def pretrain(
     lr: Annotated[
         float | None, typer.Option(help="Max learning rate.  \\[default: 1e-5; 2e-3 for tiny-llama]")
     ] = None,
-    schedule: Annotated[
-        str, typer.Option(help="LR schedule: rewarm-cosine, infinite or constant.")
-    ] = "rewarm-cosine",
-    warmup_ratio: Annotated[float, typer.Option(help="Share of each task's steps spent warming up.")] = 0.1,
+    schedule: Schedule = "rewarm-cosine",
+    warmup_ratio: WarmupRatio = 0.1,
     block_size: Annotated[
         int | None, typer.Option(help="Tokens per training block.  \\[default: 128; 64 for tiny-llama]")
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Blocks per batch.  \\[default: 4; 16 for tiny-llama]")
     ] = None,
-    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    grad_accum: GradAccum = 1,
     eval_blocks: Annotated[
         int | None, typer.Option(help="Held-out blocks per domain for perplexity.  \\[default: all]")
     ] = None,
@@ -89,15 +95,13 @@ def pretrain(
         float | None,
         typer.Option(help="Stop a task once an earlier domain's perplexity exceeds this x its start."),
     ] = None,
-    report_to: Annotated[
-        str, typer.Option(help="Trainer logging integrations: none, tensorboard, wandb, ...")
-    ] = "none",
+    report_to: ReportTo = "none",
     text_field: Annotated[
         str, typer.Option(help="Text field of .jsonl / .parquet / saved datasets.")
     ] = "text",
     lines: Annotated[bool, typer.Option("--lines", help="Each line of a .txt file is one document.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for weights, data order and sampling.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Seed = 0,
+    device: Device = "auto",
 ) -> None:
     """Continual pre-training of a causal LM over a stream of text domains; prints perplexity and forgetting."""
     from datetime import datetime
@@ -166,7 +170,7 @@ def perplexity(
         str, typer.Option(help="Text field of .jsonl / .parquet / saved datasets.")
     ] = "text",
     lines: Annotated[bool, typer.Option("--lines", help="Each line of a .txt file is one document.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Perplexity of a causal LM on each text (lower is better), as a table."""
     import torch
@@ -262,9 +266,7 @@ def finetune(
         str, typer.Option(help="exact (exact match), or module:function of (prediction, reference).")
     ] = "exact",
     out: Annotated[str | None, typer.Option(help="Run folder.  \\[default: runs/finetune-<time>]")] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Reuse a folder with a finished run.")
-    ] = False,
+    overwrite: Overwrite = False,
     epochs: Annotated[
         float | None, typer.Option(help="Epochs per task.  \\[default: 1; 8 for tiny-llama]")
     ] = None,
@@ -288,16 +290,12 @@ def finetune(
     eval_examples: Annotated[
         int | None, typer.Option(help="Held-out examples scored per task.  \\[default: all]")
     ] = None,
-    schedule: Annotated[
-        str, typer.Option(help="LR schedule: rewarm-cosine, infinite or constant.")
-    ] = "rewarm-cosine",
-    warmup_ratio: Annotated[float, typer.Option(help="Share of each task's steps spent warming up.")] = 0.1,
-    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    report_to: Annotated[
-        str, typer.Option(help="Trainer logging integrations: none, tensorboard, wandb, ...")
-    ] = "none",
-    seed: Annotated[int, typer.Option(help="Seed for weights, data order and sampling.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    schedule: Schedule = "rewarm-cosine",
+    warmup_ratio: WarmupRatio = 0.1,
+    grad_accum: GradAccum = 1,
+    report_to: ReportTo = "none",
+    seed: Seed = 0,
+    device: Device = "auto",
     threads: Annotated[
         int | None,
         typer.Option(help="CPU threads.  \\[default: torch's; 1 for tiny-llama, fastest for it]"),
