@@ -17,9 +17,12 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from lifelong.errors import LifelongError
+from lifelong.strategies.base import Strategy
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner
+    from lifelong.strategies.base import Batch
+    from lifelong.stream import Task
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, task_ids) -> logits
 Tensors = dict[str, torch.Tensor]
@@ -283,3 +286,46 @@ def pack(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 def unpack(state: Mapping[str, Any], prefix: str) -> Tensors:
     head = prefix + "."
     return {k[len(head) :]: v for k, v in state.items() if k.startswith(head) and isinstance(v, torch.Tensor)}
+
+
+# ---- the strategies' shared part ---------------------------------------------------------------------
+
+
+class Anchored(Strategy):
+    """The hooks of a strategy whose whole penalty is one `QuadraticPenalty` (ewc, si, mas)."""
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        self.model = model
+        self._penalty = QuadraticPenalty()
+
+    def before_task(self, learner: Learner, task: Task) -> None:
+        self.model = learner.model
+        self._penalty.bind(learner.model)
+
+    def penalty(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor | float:
+        return self._penalty(getattr(learner, "optimizer", None)) if self._penalty else 0.0
+
+
+class SummedImportance(Anchored):
+    """An `Anchored` strategy whose importance adds up over tasks, anchored where the last task
+    left the weights (si, mas); ``strength`` scales the penalty."""
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        super().__init__(model)
+        self.importance: Tensors = {}
+        self.anchor: Tensors = {}
+        self.tasks = 0
+
+    @property
+    def strength(self) -> float:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tasks": self.tasks} | pack("importance", self.importance) | pack("anchor", self.anchor)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tasks = int(state.get("tasks", 0))
+        self.importance, self.anchor = unpack(state, "importance"), unpack(state, "anchor")
+        self._penalty = QuadraticPenalty()
+        if self.importance:
+            self._penalty.set(self.importance, self.anchor, scale=self.strength, model=self.model)

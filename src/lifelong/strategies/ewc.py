@@ -27,6 +27,7 @@ from torch import nn
 from lifelong.distributed import sum_over_processes
 from lifelong.errors import LifelongError
 from lifelong.strategies.anchors import (
+    Anchored,
     Forward,
     QuadraticPenalty,
     Tensors,
@@ -40,11 +41,9 @@ from lifelong.strategies.anchors import (
     task_batches,
     unpack,
 )
-from lifelong.strategies.base import Strategy
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner
-    from lifelong.strategies.base import Batch
     from lifelong.stream import Task
 
 FisherKind = Literal["empirical", "exact", "sampled"]
@@ -69,7 +68,7 @@ def _likely_pairs(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return rows, classes[rows, rank], p[rows, rank]
 
 
-class EWC(Strategy):
+class EWC(Anchored):
     """Elastic Weight Consolidation: (lambda/2) sum F (theta - theta*)^2, per-sample diagonal Fisher.
 
     ``fisher``: ``empirical`` uses the true labels (one gradient per sample); ``exact`` takes the
@@ -103,21 +102,13 @@ class EWC(Strategy):
             raise LifelongError(f"ewc gamma must be in (0, 1], got {gamma}; try gamma=1")
         if chunk_size < 1 or (samples is not None and samples < 1):
             raise LifelongError("ewc chunk_size and samples must be positive; try chunk_size=64")
-        self.model = model
+        super().__init__(model)
         self.lambda_ewc, self.fisher, self.mode, self.gamma = lambda_ewc, fisher, mode, gamma
         self.chunk_size, self.samples, self.trainable_only = chunk_size, samples, trainable_only
         # classic: one (F, theta*) per task; online: the single running (F, theta*).
         self.terms: list[tuple[Tensors, Tensors]] = []
-        self._penalty = QuadraticPenalty()
 
     # ---- hooks ------------------------------------------------------------------------------------
-
-    def before_task(self, learner: Learner, task: Task) -> None:
-        self.model = learner.model
-        self._penalty.bind(learner.model)
-
-    def penalty(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor | float:
-        return self._penalty(getattr(learner, "optimizer", None)) if self._penalty else 0.0
 
     def after_task(self, learner: Learner, task: Task) -> None:
         # A sample cap takes a random subset (from the run's RNG), not the first rows of the task.

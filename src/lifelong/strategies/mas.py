@@ -8,7 +8,7 @@ needed), and later tasks pay ``lambda * sum Omega (theta - theta*)^2``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -17,23 +17,19 @@ from lifelong.distributed import sum_over_processes
 from lifelong.errors import LifelongError
 from lifelong.strategies.anchors import (
     Forward,
-    QuadraticPenalty,
+    SummedImportance,
     Tensors,
     add_into,
     eval_mode,
-    pack,
     per_sample_sum,
     samples_of,
     select_parameters,
     snapshot,
     task_batches,
-    unpack,
 )
-from lifelong.strategies.base import Strategy
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner
-    from lifelong.strategies.base import Batch
     from lifelong.stream import Task
 
 
@@ -41,7 +37,7 @@ def _squared_norm(logits: torch.Tensor) -> torch.Tensor:
     return logits.square().sum()
 
 
-class MAS(Strategy):
+class MAS(SummedImportance):
     """Memory Aware Synapses: lambda * sum Omega (theta - theta*)^2, Omega = mean |d||f(x)||^2/d theta|."""
 
     name = "mas"
@@ -59,20 +55,13 @@ class MAS(Strategy):
             raise LifelongError(f"mas lambda must be >= 0, got {lambda_mas}; try lambda=0.1")
         if chunk_size < 1 or (samples is not None and samples < 1):
             raise LifelongError("mas chunk_size and samples must be positive; try chunk_size=64")
-        self.model = model
+        super().__init__(model)
         self.lambda_mas, self.chunk_size, self.samples = lambda_mas, chunk_size, samples
         self.trainable_only = trainable_only
-        self.importance: Tensors = {}
-        self.anchor: Tensors = {}
-        self.tasks = 0
-        self._penalty = QuadraticPenalty()
 
-    def before_task(self, learner: Learner, task: Task) -> None:
-        self.model = learner.model
-        self._penalty.bind(learner.model)
-
-    def penalty(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor | float:
-        return self._penalty(getattr(learner, "optimizer", None)) if self._penalty else 0.0
+    @property
+    def strength(self) -> float:
+        return self.lambda_mas
 
     def after_task(self, learner: Learner, task: Task) -> None:
         data = task_batches(learner, self.chunk_size, shuffle=self.samples is not None)
@@ -116,13 +105,3 @@ class MAS(Strategy):
         if not self._penalty.bound:
             self._penalty.bind(self.model)
         return self._penalty()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"tasks": self.tasks} | pack("importance", self.importance) | pack("anchor", self.anchor)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tasks = int(state.get("tasks", 0))
-        self.importance, self.anchor = unpack(state, "importance"), unpack(state, "anchor")
-        self._penalty = QuadraticPenalty()
-        if self.importance:
-            self._penalty.set(self.importance, self.anchor, scale=self.lambda_mas, model=self.model)

@@ -8,21 +8,19 @@ tasks pay ``c * sum Omega (theta - theta*)^2``. No extra passes over data, no st
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from lifelong.errors import LifelongError
-from lifelong.strategies.anchors import QuadraticPenalty, Tensors, pack, select_parameters, snapshot, unpack
-from lifelong.strategies.base import Strategy
+from lifelong.strategies.anchors import SummedImportance, select_parameters, snapshot
 
 if TYPE_CHECKING:
     from lifelong.learner import Learner
-    from lifelong.strategies.base import Batch
     from lifelong.stream import Task
 
 
-class SI(Strategy):
+class SI(SummedImportance):
     """Synaptic Intelligence: c * sum Omega (theta - theta*)^2, Omega from each weight's loss path integral."""
 
     name = "si"
@@ -32,11 +30,8 @@ class SI(Strategy):
             raise LifelongError(f"si c must be >= 0, got {c}; try c=20")
         if not xi > 0:
             raise LifelongError(f"si xi must be > 0 (it keeps the importance finite), got {xi}; try xi=0.1")
+        super().__init__()
         self.c, self.xi, self.trainable_only = c, xi, trainable_only
-        self.importance: Tensors = {}
-        self.anchor: Tensors = {}
-        self.tasks = 0
-        self._penalty = QuadraticPenalty()
         # Within a task: the tracked parameters, their values at its start and after the last step,
         # the gradient that drove the last step, and the running path integral omega.
         self._names: list[str] = []
@@ -55,10 +50,11 @@ class SI(Strategy):
         self._grad = [torch.zeros_like(p) for p in self._params]
         self._omega = [torch.zeros_like(p) for p in self._params]
         self._pending = False
-        self._penalty.bind(learner.model)
+        super().before_task(learner, task)
 
-    def penalty(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor | float:
-        return self._penalty(getattr(learner, "optimizer", None)) if self._penalty else 0.0
+    @property
+    def strength(self) -> float:
+        return self.c
 
     def after_backward(self, learner: Learner) -> None:
         # The parameters' step only exists after optimizer.step(), so the previous step is credited
@@ -89,13 +85,3 @@ class SI(Strategy):
         self.tasks += 1
         self._start = self._prev = self._grad = self._omega = []
         self._penalty.set(self.importance, self.anchor, scale=self.c, model=learner.model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"tasks": self.tasks} | pack("importance", self.importance) | pack("anchor", self.anchor)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tasks = int(state.get("tasks", 0))
-        self.importance, self.anchor = unpack(state, "importance"), unpack(state, "anchor")
-        self._penalty = QuadraticPenalty()
-        if self.importance:
-            self._penalty.set(self.importance, self.anchor, scale=self.c)
