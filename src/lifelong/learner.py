@@ -288,7 +288,9 @@ class Learner:
             total += len(batch)
         self.model.train(was_training)
         # Each process scored its share of the test set; the sums make one score for the whole of it.
-        correct, total = all_reduce_sum(torch.tensor([correct, total], dtype=torch.float64)).tolist()
+        # On the device: NCCL reduces only GPU tensors.
+        counts = torch.tensor([correct, total], dtype=torch.float64, device=self.device)
+        correct, total = all_reduce_sum(counts).tolist()
         return correct / max(total, 1)
 
     def _first_evaluation(self, stream: Stream) -> list[float]:
