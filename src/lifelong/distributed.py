@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -171,16 +170,6 @@ def _accelerator(device: str | torch.device, precision: str) -> Any:
         raise LifelongError(
             f"precision '{precision}' cannot be used here ({str(err).splitlines()[0]}); try --precision bf16 or no"
         ) from None
-
-
-@contextlib.contextmanager
-def main_process_first(processes: Processes) -> Iterator[None]:
-    """The main process does the body first (writes a file), then the others (read it)."""
-    if not processes.is_main:
-        processes.wait()
-    yield
-    if processes.is_main:
-        processes.wait()
 
 
 def launch(num_processes: int, argv: list[str]) -> int:
