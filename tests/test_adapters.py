@@ -10,7 +10,7 @@ import hashlib
 import json
 import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,16 +43,6 @@ from lifelong.adapters import (
 from lifelong.errors import LifelongError
 
 VOCAB = 260
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on a busy machine two threads that wait on each
-    other make these tests ~20x slower; the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def ids(text: str) -> list[int]:

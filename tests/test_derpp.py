@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -14,16 +12,6 @@ from lifelong.spec import Spec
 from lifelong.strategies import DERPP, build_strategies
 from lifelong.strategies.base import Batch
 from lifelong.strategies.replay import ReplayBuffer
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads
-    # make these end-to-end runs many times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def batch(n: int) -> Batch:

@@ -29,16 +29,6 @@ from lifelong.llm.models import load_model
 TINY = "tiny-llama:vocab_size=512,hidden=32,layers=1,heads=2"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP threads that
-    # wait for each other made these tests several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     # One tiny-llama cache for the whole session: the first module to ask builds it.

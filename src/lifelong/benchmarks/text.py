@@ -21,10 +21,7 @@ encoder) and ``tiny-bert`` (a small BERT from a config, random weights).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +32,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lifelong.errors import LifelongError
+from lifelong.llm.models import offline
 from lifelong.stream import Scenario, Stream, Task, split_train_test
 
 if TYPE_CHECKING:
@@ -60,27 +58,6 @@ def minilm_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-@contextlib.contextmanager
-def _offline_and_quiet() -> Iterator[None]:
-    """Load from local folders only, without transformers' load report on stderr.
-
-    ``HF_HUB_OFFLINE`` guarantees that nothing reaches for the network; the load report would list
-    the unused pooler weights of MiniLM every time a model is built.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _require_minilm() -> Path:
     path = minilm_path()
     if path is None:
@@ -94,7 +71,7 @@ def _require_minilm() -> Path:
 def _minilm_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    with _offline_and_quiet():
+    with offline():
         return AutoTokenizer.from_pretrained(str(_require_minilm()), local_files_only=True)
 
 
@@ -251,7 +228,7 @@ def minilm(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     path = _require_minilm()
     if input_shape[-1] > 512:
         raise LifelongError(f"minilm reads at most 512 tokens, the inputs have {input_shape[-1]}")
-    with _offline_and_quiet():
+    with offline():
         encoder = BertModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
     return TextClassifier(encoder, num_classes)
 
