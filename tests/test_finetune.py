@@ -1,4 +1,4 @@
-"""`finetune` end to end on tiny models: self-replay never rereads old data, LoRA adapters reload
+"""`finetune` end to end on tiny models: self-replay and lwf on earlier prompts never reread old data, LoRA adapters reload
 exactly, results and report, replay data, compositions, and bad input through the command line."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lifelong.llm.finetune import (
     parse_plans,
     prepare,
 )
-from lifelong.llm.instruct import load_task
+from lifelong.llm.instruct import IGNORE, load_task
 from lifelong.llm.models import load_model, resolve_model_folder
 from lifelong.llm.skills import skill_task
 from lifelong.llm.trainer import ContinualTrainer
@@ -68,12 +68,15 @@ def skills(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def test_self_replay_never_reads_the_first_tasks_file_again(
-    skills: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("strategy", ["self-replay:ratio=0.25", "lwf:prompts=earlier,ratio=0.25"])
+def test_own_answers_never_read_the_first_tasks_file_again(
+    skills: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str
 ) -> None:
+    """self-replay and lwf on earlier prompts answer kept prompts with the model: no old file is reread."""
     first, second = skills
     tasks_started = [0]
     sizes: list[int] = []
+    unlabelled: list[int] = []  # rows learned with no label: lwf's soft answers
     reads: list[tuple[str, int]] = []  # (path, tasks started when it was opened)
     train_task, read_bytes, open_ = ContinualTrainer.train_task, Path.read_bytes, builtins.open
     path_open = Path.open
@@ -81,6 +84,8 @@ def test_self_replay_never_reads_the_first_tasks_file_again(
     def counting_train_task(self: ContinualTrainer, *args: Any, **kwargs: Any) -> Any:
         tasks_started[0] += 1
         sizes.append(len(self.train_dataset))  # type: ignore[arg-type]
+        rows = self.train_dataset["labels"]  # type: ignore[index]
+        unlabelled.append(sum(all(label == IGNORE for label in row) for row in rows))
         return train_task(self, *args, **kwargs)
 
     def noting(function: Any) -> Any:
@@ -98,7 +103,7 @@ def test_self_replay_never_reads_the_first_tasks_file_again(
         TINY,
         [first, second],
         tmp_path / "run",
-        strategies="self-replay:ratio=0.25",
+        strategies=strategy,
         metric=lambda prediction, reference: 1.0,
         settings=fast(),
         console=quiet(),
@@ -107,8 +112,9 @@ def test_self_replay_never_reads_the_first_tasks_file_again(
     assert first_reads and max(first_reads) == 0  # read once, before any task trained
     # The second task trained on its 58 examples plus 19 self-replayed ones (25% of the 77).
     assert sizes == [58, 58 + 19]
+    assert unlabelled == [0, 19 if strategy.startswith("lwf") else 0]
     result = document["results"][0]
-    assert result["strategy"] == "self-replay:ratio=0.25"
+    assert result["strategy"] == strategy
     assert result["accuracy_matrix"] == [[1.0, 1.0], [1.0, 1.0]]  # the metric given, not exact match
 
 
@@ -207,10 +213,17 @@ def test_compositions_are_checked_before_anything_runs() -> None:
     plans = parse_plans(["replay:ratio=0.3+lwf", "self-replay:keep=50", "naive"], 0.1)
     assert plans[0].replay_ratio == 0.3 and isinstance(plans[0].strategies[0], LwF)
     assert plans[1].self_replay_ratio == 0.1 and plans[1].keep == 50
+    distilled = parse_plans(["lwf:alpha=0.7,prompts=earlier,keep=40"], 0.1)[0]
+    assert distilled.distill_ratio == 0.1 and distilled.keep == 40
+    assert distilled.label == "lwf:alpha=0.7,prompts=earlier,ratio=0.1"
+    assert isinstance(distilled.strategies[0], LwF) and distilled.strategies[0].alpha == 0.7
     for bad, message in [
         ("replay:ratio=0", "replays nothing"),
         ("replay:keep=3", "replay has options ratio"),
         ("self-replay:keep=0", "whole number >= 1"),
+        ("lwf:prompts=old", "prompts is 'new'"),
+        ("lwf:ratio=0.2", "go with prompts=earlier"),
+        ("self-replay:keep=5+lwf:prompts=earlier,keep=6", "one number of prompts"),
         ("naive", "must differ"),
     ]:
         with pytest.raises(LifelongError, match=message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,14 @@ pytest.importorskip("datasets")
 
 from lifelong.errors import LifelongError
 from lifelong.llm.instruct import (
+    DISTILL_MASK,
     IGNORE,
+    PaddingCollator,
     Record,
     check_chat_template,
     encode,
     encode_prompt,
+    examples_dataset,
     load_task,
     pack_examples,
     read_records,
@@ -103,6 +107,28 @@ def test_packing_keeps_the_prompt_masks(tokenizer: Any) -> None:
     assert labels[: len(flat_labels)] == flat_labels
     assert set(labels[len(flat_labels) :]) <= {IGNORE}  # the padded tail carries no loss
     assert ids[: len(flat_labels)] == [t for e in examples for t in e.input_ids]
+
+
+def test_soft_examples_carry_no_label_but_mark_their_answers_for_distillation(tokenizer: Any) -> None:
+    records = [Record("t", prompt=f"q{i}:", completion=f" a{i}") for i in range(4)]
+    examples = [encode(r, tokenizer, 64) for r in records]
+    examples[1] = dataclasses.replace(examples[1], soft=True)
+    answers = [[int(label != IGNORE) for label in e.labels] for e in examples]
+
+    rows = examples_dataset(examples)
+    batch = PaddingCollator(0)(list(rows))
+    for i, example in enumerate(examples):
+        width = len(example.labels)
+        expected = [IGNORE] * width if i == 1 else example.labels
+        assert batch["labels"][i, :width].tolist() == expected
+        assert batch[DISTILL_MASK][i, :width].tolist() == [bool(a) for a in answers[i]]
+        assert not batch[DISTILL_MASK][i, width:].any()  # padding is never distilled
+
+    flat = [a for row in answers for a in row]
+    packed = pack_examples(examples, 8)
+    assert [m for row in packed[DISTILL_MASK] for m in row][: len(flat)] == flat
+    # Without soft examples batches stay as they were: no mask, the labels say where to distill.
+    assert DISTILL_MASK not in PaddingCollator(0)(list(examples_dataset(examples[:1])))
 
 
 def test_long_examples_lose_the_prompt_start_first(tokenizer: Any) -> None:

@@ -108,9 +108,53 @@ def test_distillation_is_the_seeds_mix_over_labelled_positions_only(tmp_path: Pa
     assert float(torch.as_tensor(loss).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
+def test_soft_rows_are_learned_by_distillation_alone(tmp_path: Path) -> None:
+    """A soft row has no label: the LM loss skips it, the KL covers its marked positions."""
+    model, old = tiny_model(0), tiny_model(1)
+    trainer = trainer_for(model, tmp_path, blocks(), strategies=[LwF(alpha=0.3, temperature=2.0)])
+    trainer.before_task()
+    trainer._teacher = _Teacher(old)
+    ids = blocks(2, 10, seed=6)
+    labels = ids.clone()
+    labels[0, :6] = -100
+    labels[1] = -100  # the soft row
+    distill = labels != -100
+    distill[1, 4:] = True  # its answer positions
+    items = int((labels[:, 1:] != -100).sum())
+    loss = trainer.compute_loss(
+        model, {"input_ids": ids, "labels": labels, "distill_mask": distill}, num_items_in_batch=items
+    )
+
+    logits, teacher = model(input_ids=ids).logits[:, :-1], old(input_ids=ids).logits[:, :-1]
+    labelled, distilled = labels[:, 1:] != -100, distill[:, 1:]
+    ce_sum = F.cross_entropy(logits[labelled], labels[:, 1:][labelled], reduction="sum")
+    p = F.log_softmax(teacher[distilled] / 2, -1)
+    q = F.log_softmax(logits[distilled] / 2, -1)
+    kl_sum = (p.exp() * (p - q)).sum()
+    expected = (0.7 * ce_sum + 0.3 * 4 * kl_sum) / items
+    assert float(torch.as_tensor(loss).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+
+    # A micro-batch of soft rows alone: a finite loss, from the KL only.
+    only_soft = trainer.compute_loss(
+        model,
+        {"input_ids": ids[1:], "labels": labels[1:], "distill_mask": distill[1:]},
+        num_items_in_batch=0,
+    )
+    assert math.isfinite(float(torch.as_tensor(only_soft).detach())) and float(only_soft) > 0
+
+
+def test_soft_rows_without_a_teacher_are_refused(tmp_path: Path) -> None:
+    model = tiny_model()
+    ids = blocks(1, 8)
+    with pytest.raises(LifelongError, match="add lwf"):
+        trainer_for(model, tmp_path, blocks()).compute_loss(
+            model, {"input_ids": ids, "labels": torch.full_like(ids, -100), "distill_mask": ids > -1}
+        )
+
+
 def test_distillation_against_itself_is_zero() -> None:
     logits = torch.randn(2, 5, VOCAB)
-    kd, count = distillation_terms(logits, logits.clone(), torch.ones(2, 5, dtype=torch.long), 2.0)
+    kd, count = distillation_terms(logits, logits.clone(), torch.ones(2, 5, dtype=torch.bool), 2.0)
     assert count == 8 and float(kd) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -174,6 +218,31 @@ def test_fisher_is_a_mean_of_per_sequence_squared_gradients() -> None:
     assert sampled.keys() == fisher.keys() and not torch.allclose(
         sampled["lm_head.weight"], fisher["lm_head.weight"]
     )
+
+
+def test_fisher_of_instruction_data_counts_only_answer_positions() -> None:
+    """With labels, the Fisher is of the loss training uses; a row with no answer is skipped."""
+    from datasets import Dataset
+
+    model, data = tiny_model(), blocks(3, 8)
+    labels = data.clone()
+    labels[:, :5] = -100  # prompts
+    labels[2] = -100  # a row with nothing to learn
+    dataset = Dataset.from_dict({"input_ids": data.numpy(), "labels": labels.numpy()})
+    fisher = causal_lm_fisher(model, dataset, "empirical", samples=None)
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for row, target in zip(data[:2], labels[:2], strict=True):
+        model.zero_grad()
+        logits = model(input_ids=row[None]).logits[0, :-1]
+        F.cross_entropy(logits, target[1:]).backward()  # -100 is skipped
+        for n, p in model.named_parameters():
+            assert p.grad is not None
+            expected[n] += p.grad.square() / 2
+    for n in expected:
+        assert torch.allclose(fisher[n], expected[n], rtol=1e-4, atol=1e-10), n
+    nothing = Dataset.from_dict({"input_ids": data[2:].numpy(), "labels": labels[2:].numpy()})
+    with pytest.raises(LifelongError, match="no position with a label"):
+        causal_lm_fisher(model, nothing, "sampled", samples=None)
 
 
 def test_ewc_consolidates_after_each_task_and_pulls_back(tmp_path: Path) -> None:

@@ -240,7 +240,9 @@ def finetune(
     ] = None,
     replay_ratio: Annotated[
         float | None,
-        typer.Option(help="Share of training examples replayed (replay, self-replay).  \\[default: 0.1]"),
+        typer.Option(
+            help="Share of training examples replayed (replay, self-replay, lwf:prompts=earlier).  \\[default: 0.1]"
+        ),
     ] = None,
     strategy: Annotated[
         list[str] | None,
@@ -248,12 +250,15 @@ def finetune(
             "--strategy",
             "-s",
             help="naive, replay, self-replay, lwf, ewc; 'replay+lwf' composes; 'self-replay:ratio=0.2'; "
+            "'lwf:prompts=earlier' also distills on the model's answers to earlier prompts; "
             "repeat to compare.  \\[default: replay with --replay, else naive]",
         ),
     ] = None,
     self_replay_prompts: Annotated[
         str | None,
-        typer.Option(help="JSONL of {prompt} or {messages} records that self-replay asks the model."),
+        typer.Option(
+            help="JSONL of {prompt} or {messages} records that self-replay (and lwf:prompts=earlier) asks the model."
+        ),
     ] = None,
     lora: Annotated[
         bool, typer.Option("--lora", help="Train a LoRA adapter (base frozen); keep one per task.")
@@ -309,9 +314,14 @@ def finetune(
     from lifelong.llm.finetune import FinetuneSettings, finetune, tiny_skills_settings
     from lifelong.llm.models import is_tiny_llama
 
-    if replay_ratio is not None and strategy and not any("replay" in s for s in strategy):
+    if (
+        replay_ratio is not None
+        and strategy
+        and not any("replay" in s or "prompts=earlier" in s for s in strategy)
+    ):
         raise LifelongError(
-            "--replay-ratio sets the share of 'replay' or 'self-replay' in --strategy; add one, e.g. -s replay"
+            "--replay-ratio sets the share of 'replay', 'self-replay' or 'lwf:prompts=earlier' in --strategy; "
+            "add one, e.g. -s replay"
         )
     if lora_r is not None and not lora:
         raise LifelongError("--lora-r sets the rank of the LoRA adapters; add --lora")

@@ -472,17 +472,18 @@ class CausalCollator:
         return batch
 
 
-def as_blocks(data: Any, rows: torch.Tensor | None = None) -> torch.Tensor:
+def as_blocks(data: Any, rows: torch.Tensor | None = None, column: str = "input_ids") -> torch.Tensor:
     """``[n, block]`` int64 token ids from a tensor, a PackedCorpus (held-out part) or a Dataset of
-    equal-length ``input_ids``; only the given ``rows`` when given (a Dataset then reads just those)."""
+    equal-length ``input_ids``; only the given ``rows`` when given (a Dataset then reads just those).
+    ``column`` reads another column of a Dataset, e.g. its ``labels``."""
     if isinstance(data, PackedCorpus):
         data = data.heldout
     if isinstance(data, torch.Tensor):
         return (data if rows is None else data[rows]).long()
-    if hasattr(data, "column_names") and "input_ids" in data.column_names:
+    if hasattr(data, "column_names") and column in data.column_names:
         if rows is not None:
             data = data.select(rows.tolist())
-        return torch.as_tensor(np.asarray(data.with_format("numpy")["input_ids"]), dtype=torch.long)
+        return torch.as_tensor(np.asarray(data.with_format("numpy")[column]), dtype=torch.long)
     raise LifelongError(
         f"cannot read token blocks from {type(data).__name__}; pass packed blocks or a Dataset"
     )

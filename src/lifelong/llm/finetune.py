@@ -15,6 +15,11 @@ What a composition can hold:
   ``keep`` prompts per earlier task, kept when that task was read; their answers are dropped) and
   those prompt/answer pairs are replayed at that share. No earlier answer is ever stored;
 - any causal-LM strategy of `ContinualTrainer` (``lwf``, ``ewc``, ...), alone or after a ``+``.
+  ``lwf`` distills the model as it was before the task on the new task's examples, as published;
+  when the new prompts call for other behaviour than the old ones, that keeps little of an old
+  skill. ``lwf:prompts=earlier`` (``ratio``, ``keep`` as for self-replay) also distills it on its
+  own answers to kept earlier prompts: those examples carry no label and are learned from the
+  teacher's whole distribution alone (soft targets, where self-replay learns the greedy tokens).
 
 With ``lora=True`` one LoRA adapter (on the frozen base) trains through the whole stream, and its
 state after each task goes into an `AdapterLibrary` under that task's name: the run ends with one
@@ -42,7 +47,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lifelong.errors import LifelongError
 from lifelong.llm.answers import Metric, Prompt, answer_loss, answer_prompts, generate_answers, resolve_metric
-from lifelong.llm.data import PackedCorpus, as_blocks, check_replay_ratio, replay_blocks_needed
+from lifelong.llm.data import check_replay_ratio, replay_blocks_needed
 from lifelong.llm.instruct import (
     IGNORE,
     Example,
@@ -79,7 +84,7 @@ from lifelong.llm.pretrain import (
 )
 from lifelong.llm.skills import is_skills, parse_skills
 from lifelong.llm.trainer import ContinualTrainer, llm_strategies
-from lifelong.spec import parse_composition
+from lifelong.spec import Spec, parse_composition
 from lifelong.strategies import EWC, Strategy, build_strategy
 
 if TYPE_CHECKING:
@@ -116,7 +121,9 @@ class Plan:
     label: str
     replay_ratio: float = 0.0
     self_replay_ratio: float = 0.0
-    keep: int = DEFAULT_KEEP
+    distill_ratio: float = 0.0  # lwf:prompts=earlier: share of the teacher's answers to earlier prompts
+    keep: int = DEFAULT_KEEP  # prompts kept per earlier task, for self-replay and lwf:prompts=earlier
+    keep_given: bool = False
     strategies: list[Strategy] = field(default_factory=list)
 
 
@@ -156,11 +163,16 @@ def parse_plans(compositions: Sequence[str], default_ratio: float) -> list[Plan]
                     labels.append(f"replay:ratio={ratio:g}")
                 else:
                     plan.self_replay_ratio = ratio
-                    plan.keep = _positive_int(spec.options.get("keep", DEFAULT_KEEP), "self-replay keep")
+                    _set_keep(plan, spec.options.get("keep"))
                     labels.append(f"self-replay:ratio={ratio:g}")
             else:
-                others.append(spec)
-                labels.append(str(spec))
+                own, label = (
+                    _distill_prompts(plan, spec, default_ratio)
+                    if spec.name in ("lwf", "distill")
+                    else (spec, str(spec))
+                )
+                others.append(own)
+                labels.append(label)
         plan.strategies = llm_strategies([build_strategy(spec) for spec in others])
         plan.label = "+".join(labels)
         plans.append(plan)
@@ -168,6 +180,41 @@ def parse_plans(compositions: Sequence[str], default_ratio: float) -> list[Plan]
     if len(set(found)) < len(found):
         raise LifelongError(f"strategy compositions must differ, got {found}")
     return plans
+
+
+def _distill_prompts(plan: Plan, spec: Spec, default_ratio: float) -> tuple[Spec, str]:
+    """lwf's ``prompts``: ``new`` (LwF as published: the new task's examples only) or ``earlier`` (also
+    the teacher's answers to earlier tasks' prompts, ``ratio`` of the examples, learned by distillation
+    alone). Sets the plan's share; returns LwF's own spec and the composition's label."""
+    finetune_options = {"prompts", "ratio", "keep"}
+    where = str(spec.options.get("prompts", "new"))
+    if where not in ("new", "earlier"):
+        raise LifelongError(
+            f"lwf prompts is 'new' (the new task's) or 'earlier' (also earlier tasks' prompts), got '{where}'"
+        )
+    own = Spec(spec.name, {k: v for k, v in spec.options.items() if k not in finetune_options})
+    if where == "new":
+        if {"ratio", "keep"} & set(spec.options):
+            raise LifelongError(
+                "lwf ratio and keep go with prompts=earlier; try lwf:prompts=earlier,ratio=0.1"
+            )
+        return own, str(own)
+    plan.distill_ratio = _ratio(spec.options.get("ratio", default_ratio), spec.name)
+    _set_keep(plan, spec.options.get("keep"))
+    return own, str(
+        Spec(spec.name, {**own.options, "prompts": "earlier", "ratio": f"{plan.distill_ratio:g}"})
+    )
+
+
+def _set_keep(plan: Plan, value: Any) -> None:
+    if value is None:
+        return
+    keep = _positive_int(value, "keep (prompts kept per earlier task)")
+    if plan.keep_given and keep != plan.keep:
+        raise LifelongError(
+            f"one composition keeps one number of prompts per task; got keep={plan.keep} and {keep}"
+        )
+    plan.keep, plan.keep_given = keep, True
 
 
 def _ratio(value: Any, name: str) -> float:
@@ -363,7 +410,7 @@ def finetune(
     ``data``: JSONL files (one task each) and/or ``skills`` (its three tasks). ``replay``: data the
     model already learned, replayed by ``replay`` and scored like the tasks (its rows of the matrix
     are the model as given). ``strategies``: compositions such as ``"naive"``, ``"replay"``,
-    ``"self-replay"``, ``"lwf"``, ``"replay:ratio=0.2+ewc"`` (default: ``replay`` when ``replay`` data
+    ``"self-replay"``, ``"lwf"``, ``"lwf:prompts=earlier"``, ``"replay:ratio=0.2+ewc"`` (default: ``replay`` when ``replay`` data
     is given, else ``naive``); ``replay_ratio`` is their default share. ``lora``: True or LoRA fields
     (``{"r": 8}``) for one adapter per task in ``out/adapters/<composition>``; ``merge`` adds their
     merge. ``metric``: ``"exact"`` (default), a function ``(prediction, reference) -> float`` or
@@ -576,9 +623,8 @@ def _run_plan(
         train_seconds += first_seconds
         if any(isinstance(s, EWC) for s in strategies):
             # The shared first task ran without strategies: do its after-task part (EWC's Fisher) now.
-            blocks = as_blocks(pack_examples(tasks[0].train, settings.block_size))
             _ensure_old_importance(
-                strategies, model, [PackedCorpus(tasks[0].name, blocks, blocks[:0])], settings.seed
+                strategies, model, pack_examples(tasks[0].train, settings.block_size), settings.seed
             )
         start = 1
     else:
@@ -586,30 +632,17 @@ def _run_plan(
     library = None
     if lora:
         library, model = _with_lora(model, ctx, slug)
-    pad = pad_id_of(ctx.tokenizer)
     for t in range(start, len(tasks)):
         task = tasks[t]
         extra: list[Example] = []
-        earlier = tasks[:t]
         if plan.replay_ratio:
-            pool = [e for old in earlier for e in old.train]
+            pool = [e for old in tasks[:t] for e in old.train]
             extra += replayed_examples(pool, len(task.train), plan.replay_ratio, settings.seed + t)
         if plan.self_replay_ratio:
-            prompts = ctx.given + [p for old in earlier for p in old.prompts[: plan.keep]]
-            generating = time.perf_counter()
-            made = self_replay_examples(
-                model,
-                prompts,
-                len(task.train),
-                plan.self_replay_ratio,
-                pad,
-                settings.seed + t,
-                settings.eval_batch_size,
-            )
-            ctx.console.print(
-                f"  self-replay: {len(made)} answers generated in {time.perf_counter() - generating:.1f}s"
-            )
-            extra += made
+            extra += _own_answers(model, ctx, plan, t, plan.self_replay_ratio, "self-replay")
+        if plan.distill_ratio:
+            soft = _own_answers(model, ctx, plan, t, plan.distill_ratio, "lwf on earlier prompts")
+            extra += [dataclasses.replace(e, soft=True) for e in soft]
         ctx.console.print(
             f"[bold]{plan.label}[/]: training {task.name} (task {t + 1} of {len(tasks)}): "
             f"{len(task.train)} examples" + (f" + {len(extra)} replayed" if extra else "")
@@ -647,6 +680,23 @@ def _run_plan(
         folder = save_model(model, ctx.tokenizer, ctx.run_dir / "models" / slug)
         record["model"] = str(folder)
     return record
+
+
+def _own_answers(model: Any, ctx: _Context, plan: Plan, t: int, ratio: float, what: str) -> list[Example]:
+    """Before task ``t``: the model's answers to prompts given or kept from earlier tasks, ``ratio`` of its examples."""
+    prompts = ctx.given + [p for old in ctx.tasks[:t] for p in old.prompts[: plan.keep]]
+    generating = time.perf_counter()
+    made = self_replay_examples(
+        model,
+        prompts,
+        len(ctx.tasks[t].train),
+        ratio,
+        pad_id_of(ctx.tokenizer),
+        ctx.settings.seed + t,
+        ctx.settings.eval_batch_size,
+    )
+    ctx.console.print(f"  {what}: {len(made)} answers generated in {time.perf_counter() - generating:.1f}s")
+    return made
 
 
 def _row_text(tasks: Sequence[Prepared], scores: Sequence[float | None], losses: Sequence[float]) -> str:

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100  # the label the loss skips (PyTorch's and transformers' ignore_index)
+# Batch key of the positions a distillation teacher is matched at, present only when some example is
+# soft; every other batch distills where the labels are.
+DISTILL_MASK = "distill_mask"
 FORMATS = "{prompt, completion}, {messages} or {text}"
 
 
@@ -59,7 +62,9 @@ class Example:
 
     ``prompt_ids`` is what generation starts from to answer the record (its final answer) and
     ``answer`` the reference text of that answer; both are empty for plain text. ``stop_ids`` end a
-    generated answer (end-of-text and the chat template's end-of-turn token).
+    generated answer (end-of-text and the chat template's end-of-turn token). A ``soft`` example is
+    learned only from a distillation teacher's distribution at its answer positions, never from its
+    tokens: batches give it no label, and mark those positions in ``DISTILL_MASK``.
     """
 
     input_ids: list[int]
@@ -67,6 +72,7 @@ class Example:
     prompt_ids: list[int] = field(default_factory=list)
     answer: str | None = None
     stop_ids: tuple[int, ...] = ()
+    soft: bool = False
 
 
 @dataclass
@@ -327,13 +333,20 @@ def encode_all(
 # ---- batches --------------------------------------------------------------------------------------------
 
 
+def _columns(examples: Sequence[Example]) -> dict[str, list[list[int]]]:
+    """``input_ids`` and ``labels`` rows; with soft examples also ``DISTILL_MASK`` (1 on every answer position)."""
+    columns = {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
+    if any(e.soft for e in examples):
+        columns[DISTILL_MASK] = [[int(label != IGNORE) for label in e.labels] for e in examples]
+        columns["labels"] = [[IGNORE] * len(e.labels) if e.soft else e.labels for e in examples]
+    return columns
+
+
 def examples_dataset(examples: Sequence[Example]) -> Dataset:
     """A ``datasets.Dataset`` of ``input_ids`` and ``labels`` rows (of any lengths) for the Trainer."""
     from datasets import Dataset
 
-    return Dataset.from_dict(
-        {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
-    )
+    return Dataset.from_dict(_columns(examples))
 
 
 def pack_examples(examples: Sequence[Example], block_size: int) -> Dataset:
@@ -344,13 +357,18 @@ def pack_examples(examples: Sequence[Example], block_size: int) -> Dataset:
     """
     from datasets import Dataset
 
-    ids = np.concatenate([np.asarray(e.input_ids, dtype=np.int64) for e in examples])
-    labels = np.concatenate([np.asarray(e.labels, dtype=np.int64) for e in examples])
-    blocks = -(-len(ids) // block_size)
-    pad = blocks * block_size - len(ids)
-    ids = np.concatenate([ids, np.full(pad, ids[-1], dtype=np.int64)]).reshape(blocks, block_size)
-    labels = np.concatenate([labels, np.full(pad, IGNORE, dtype=np.int64)]).reshape(blocks, block_size)
-    return Dataset.from_dict({"input_ids": ids, "labels": labels})
+    columns = {
+        key: np.concatenate([np.asarray(row, dtype=np.int64) for row in rows])
+        for key, rows in _columns(examples).items()
+    }
+    length = len(columns["input_ids"])
+    blocks = -(-length // block_size)
+    fill = {"input_ids": columns["input_ids"][-1], "labels": IGNORE, DISTILL_MASK: 0}
+    padded = {
+        key: np.concatenate([values, np.full(blocks * block_size - length, fill[key], dtype=np.int64)])
+        for key, values in columns.items()
+    }
+    return Dataset.from_dict({key: values.reshape(blocks, block_size) for key, values in padded.items()})
 
 
 class PaddingCollator:
@@ -360,10 +378,18 @@ class PaddingCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        return pad_batch([list(r["input_ids"]) for r in rows], [list(r["labels"]) for r in rows], self.pad_id)
+        distill = [list(r[DISTILL_MASK]) for r in rows] if DISTILL_MASK in rows[0] else None
+        return pad_batch(
+            [list(r["input_ids"]) for r in rows], [list(r["labels"]) for r in rows], self.pad_id, distill
+        )
 
 
-def pad_batch(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_batch(
+    ids: Sequence[list[int]],
+    labels: Sequence[list[int]],
+    pad_id: int,
+    distill: Sequence[list[int]] | None = None,
+) -> dict[str, torch.Tensor]:
     width = max(len(row) for row in ids)
     batch = torch.full((len(ids), width), pad_id, dtype=torch.long)
     target = torch.full((len(ids), width), IGNORE, dtype=torch.long)
@@ -372,7 +398,13 @@ def pad_batch(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int
         batch[i, : len(row)] = torch.tensor(row)
         target[i, : len(row)] = torch.tensor(label)
         mask[i, : len(row)] = 1
-    return {"input_ids": batch, "labels": target, "attention_mask": mask}
+    padded = {"input_ids": batch, "labels": target, "attention_mask": mask}
+    if distill is not None:
+        positions = torch.zeros((len(ids), width), dtype=torch.bool)
+        for i, row in enumerate(distill):
+            positions[i, : len(row)] = torch.tensor(row, dtype=torch.bool)
+        padded[DISTILL_MASK] = positions
+    return padded
 
 
 def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:

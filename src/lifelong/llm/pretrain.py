@@ -228,16 +228,16 @@ def train_task(
 
 
 def _ensure_old_importance(
-    strategies: Sequence[Strategy], model: PreTrainedModel, replay: Sequence[PackedCorpus], seed: int
+    strategies: Sequence[Strategy], model: PreTrainedModel, old: Any, seed: int
 ) -> None:
-    """EWC with nothing learned yet protects the old corpus: its Fisher under the current model."""
+    """EWC with nothing learned yet protects the ``old`` data (blocks or a Dataset; None: nothing
+    is old): its Fisher under the current model."""
     for strategy in strategies:
-        if isinstance(strategy, EWC) and not strategy.terms and replay:
-            blocks = torch.cat([p.train for p in replay])
+        if isinstance(strategy, EWC) and not strategy.terms and old is not None:
             strategy.model = model
             fisher = causal_lm_fisher(
                 model,
-                blocks,
+                old,
                 strategy.fisher,
                 strategy.samples or FISHER_SEQUENCES,
                 trainable_only=strategy.trainable_only,
@@ -303,7 +303,9 @@ def continual_pretrain(
     to_device(model, "cpu" if _use_cpu(settings.device) else "cuda")
     heldout = {name: p.heldout for name, p in domains.items()}
     before = perplexities(model, heldout, settings.eval_batch_size, settings.eval_blocks)
-    _ensure_old_importance(items, model, replay, settings.seed)
+    _ensure_old_importance(
+        items, model, torch.cat([p.train for p in replay]) if replay else None, settings.seed
+    )
     result = train_task(
         model, tokenizer, new, replay, effective, items, settings, out / "trainer", domains, progress=progress
     )
@@ -622,7 +624,7 @@ def _run_composition(
         matrix = [first_row]
         start, train_seconds = 1, first_seconds
         # The shared first task had no strategies: do its after-task part (EWC's Fisher) now.
-        _ensure_old_importance(strategies, model, [domains[names[0]]], settings.seed)
+        _ensure_old_importance(strategies, model, domains[names[0]].train, settings.seed)
     else:
         model = fresh_model()
         matrix, start, train_seconds = [], 0, 0.0

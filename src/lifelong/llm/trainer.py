@@ -12,6 +12,8 @@ objects as on the classic side, driven for causal LMs:
   frozen, is the teacher. KL(teacher || student) at temperature T over the vocabulary, only at
   positions whose next-token label is not -100, averaged per token, mixed the seed's way:
   ``alpha * T^2 * KL + (1 - alpha) * LM loss``. The per-token KL is ``LwF.distillation_loss``.
+  Rows of soft examples (`lifelong.llm.instruct.Example`) carry no label and are learned by the
+  distillation term alone, at the positions their ``distill_mask`` marks.
 - ``naive`` adds nothing. Replay is not a loss term here: it is token-share data mixing
   (`lifelong.llm.data.mix_by_token_share`, ``continual_pretrain(replay_ratio=...)``).
 
@@ -41,6 +43,7 @@ from lifelong.distributed import group_rank, group_size, sum_over_processes
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.data import PackedCorpus, as_blocks
+from lifelong.llm.instruct import DISTILL_MASK, IGNORE
 from lifelong.llm.schedules import SCHEDULES, make_scheduler
 from lifelong.strategies import EWC, LwF, Naive, Replay, Strategy, build_strategies
 from lifelong.strategies.anchors import Tensors, eval_mode, select_parameters
@@ -101,7 +104,9 @@ def causal_lm_fisher(
     ``data`` holds packed blocks (tensor, Dataset or PackedCorpus' held-out part); ``samples``
     sequences are drawn at random (all of them when ``None`` or fewer exist). ``empirical`` uses the
     text's own next tokens; ``sampled`` draws each next token from the model's distribution (the
-    true Fisher's expectation, estimated with one sample per position).
+    true Fisher's expectation, estimated with one sample per position). A Dataset with ``labels``
+    counts only the positions training puts loss on (instruction data: the answers); sequences
+    with none are skipped.
     """
     if kind not in ("empirical", "sampled"):
         raise LifelongError(f"LLM Fisher '{kind}' is unknown; use empirical or sampled")
@@ -114,28 +119,35 @@ def causal_lm_fisher(
     names, tensors = list(params), list(params.values())
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(available, generator=generator)
-    blocks = as_blocks(data, order if samples is None else order[:samples])  # reads only the sampled rows
+    chosen = order if samples is None else order[:samples]
+    blocks = as_blocks(data, chosen)  # reads only the sampled rows
+    labelled = hasattr(data, "column_names") and "labels" in data.column_names
+    labels = as_blocks(data, chosen, "labels") if labelled else blocks
     device = tensors[0].device
     draw = torch.Generator(device=device).manual_seed(seed)
     total = [torch.zeros_like(p) for p in tensors]
+    counted = 0
     with eval_mode(model), torch.enable_grad():
         # Several processes split the sequences and sum their parts; one process takes them all.
         for row in range(group_rank(), len(blocks), group_size()):
-            ids = blocks[row : row + 1].to(device)
-            logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+            targets = labels[row, 1:].to(device)
+            keep = targets != IGNORE
+            if not bool(keep.any()):
+                continue
+            logits = model(input_ids=blocks[row : row + 1].to(device), use_cache=False).logits[0, :-1].float()
             if kind == "sampled":
                 with torch.no_grad():
-                    targets = torch.multinomial(logits.softmax(-1), 1, generator=draw).squeeze(1)
-            else:
-                targets = ids[0, 1:]
-            loss = F.cross_entropy(logits, targets)
+                    drawn = torch.multinomial(logits.softmax(-1), 1, generator=draw).squeeze(1)
+                targets = drawn.masked_fill(~keep, IGNORE)
+            loss = F.cross_entropy(logits, targets, ignore_index=IGNORE)
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
             for acc, grad in zip(total, grads, strict=True):
                 if grad is not None:
                     acc.add_(grad.detach().square())
-    summed, count = sum_over_processes(
-        dict(zip(names, total, strict=True)), len(range(group_rank(), len(blocks), group_size()))
-    )
+            counted += 1
+    summed, count = sum_over_processes(dict(zip(names, total, strict=True)), counted)
+    if count == 0:
+        raise LifelongError("the Fisher information found no position with a label in the sequences drawn")
     return {name: acc / count for name, acc in summed.items()}
 
 
@@ -178,18 +190,16 @@ class _Teacher:
 
 
 def distillation_terms(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None, temperature: float
+    student: torch.Tensor, teacher: torch.Tensor, positions: torch.Tensor | None, temperature: float
 ) -> tuple[torch.Tensor, int]:
-    """(mean per-token KL at ``temperature``, tokens) over positions whose next-token label != -100."""
+    """(mean per-token KL at ``temperature``, tokens) over the positions (bool, as the labels: the token
+    predicted) marked in ``positions``; all of them when None."""
     new, old = student[:, :-1], teacher[:, :-1]
-    if labels is None:
+    if positions is None or bool(positions[:, 1:].all()):  # e.g. packed blocks: no copy of the logits
         flat_new, flat_old = new.reshape(-1, new.shape[-1]), old.reshape(-1, old.shape[-1])
     else:
-        keep = labels[:, 1:] != -100
-        if bool(keep.all()):  # packed blocks: no copy of the logits needed
-            flat_new, flat_old = new.reshape(-1, new.shape[-1]), old.reshape(-1, old.shape[-1])
-        else:
-            flat_new, flat_old = new[keep], old[keep]
+        keep = positions[:, 1:]
+        flat_new, flat_old = new[keep], old[keep]
     count = flat_new.shape[0]
     if count == 0:
         return student.sum() * 0.0, 0
@@ -301,6 +311,12 @@ class ContinualTrainer(Trainer):
             ewc.consolidate(fisher)
         self.task_index += 1
 
+    def _set_signature_columns_if_needed(self) -> None:
+        # The Trainer drops dataset columns the model's forward does not take; the distill mask is ours.
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and DISTILL_MASK not in self._signature_columns:
+            self._signature_columns.append(DISTILL_MASK)
+
     def _model(self) -> nn.Module:
         if self.model is None:
             raise LifelongError("the trainer has no model; pass model=... to ContinualTrainer")
@@ -346,9 +362,18 @@ class ContinualTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         ewcs = [e for e in self._ewcs if e.terms]
+        distill = inputs.pop(DISTILL_MASK, None)
+        labels = inputs.get("labels")
+        if distill is not None:
+            if self._teacher is None:
+                raise LifelongError(
+                    "soft examples are learned from a distillation teacher; add lwf to the strategies"
+                )
+            if num_items_in_batch is not None:
+                # Soft rows carry no label: a batch of soft rows alone must give a zero LM loss, not 0/0.
+                num_items_in_batch = torch.clamp(torch.as_tensor(num_items_in_batch), min=1)
         if not ewcs and self._teacher is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.get("labels")
         # The teacher runs first: the PEFT teacher swaps weights, which must not happen under a graph.
         # The unwrapped model: under DDP a second forward through the wrapper would be counted twice.
         teacher = self._teacher.logits(self._model(), inputs) if self._teacher is not None else None
@@ -359,7 +384,8 @@ class ContinualTrainer(Trainer):
         per_token, per_step = self._loss_scales(labels, num_items_in_batch)
         if teacher is not None and self._lwf is not None:
             alpha, temperature = self._lwf.alpha, self._lwf.temperature
-            kd_mean, count = distillation_terms(outputs.logits, teacher, labels, temperature)
+            positions = distill if distill is not None else (None if labels is None else labels != IGNORE)
+            kd_mean, count = distillation_terms(outputs.logits, teacher, positions, temperature)
             kd = kd_mean * count * per_token  # back to a sum, then the LM loss's own normalisation
             loss = (1 - alpha) * loss + alpha * temperature**2 * kd
             self._note("distill_kl", kd_mean)
