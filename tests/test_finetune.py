@@ -230,6 +230,28 @@ def test_compositions_are_checked_before_anything_runs() -> None:
             parse_plans(["naive", bad] if bad == "naive" else [bad], 0.1)
 
 
+def test_a_from_scratch_first_task_takes_first_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epochs: list[float] = []
+    train_task = ContinualTrainer.train_task
+
+    def noting(self: ContinualTrainer, *args: Any, **kwargs: Any) -> Any:
+        epochs.append(self.args.num_train_epochs)
+        return train_task(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContinualTrainer, "train_task", noting)
+    tasks = [skill_task(name, train=16, heldout=2) for name in ("upper", "reverse")]
+    finetune(TINY, tasks, tmp_path / "run", settings=fast(epochs=1.0, first_epochs=3.0), console=quiet())
+    assert epochs == [3.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["eval_blocks", "eval_every", "stop_ratio"])
+def test_pretrain_only_settings_are_refused_not_ignored(name: str) -> None:
+    with pytest.raises(LifelongError, match=f"{name} is a pretrain setting"):
+        fast(**{name: 2}).validate()
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

@@ -98,7 +98,8 @@ TaskSource = str | Path | InstructionTask
 
 @dataclass
 class FinetuneSettings(TrainSettings):
-    """`TrainSettings` plus what instruction data needs; ``block_size`` is the packing length."""
+    """`TrainSettings` plus what instruction data needs; ``block_size`` is the packing length and
+    ``first_epochs`` the passes over the first task when a from-scratch model trains it once for all."""
 
     max_length: int = 256  # tokens per example; longer ones lose the start of their prompt
     packing: bool = False
@@ -112,6 +113,14 @@ class FinetuneSettings(TrainSettings):
             raise LifelongError("max_length must be >= 2 and max_new_tokens >= 1")
         if self.eval_examples is not None and self.eval_examples < 1:
             raise LifelongError(f"eval_examples must be at least 1, got {self.eval_examples}")
+        # Pretraining's perplexity settings would be silently ignored here: refuse them instead.
+        for name, instead in (
+            ("eval_blocks", "eval_examples"),
+            ("eval_every", "the scores after every task"),
+            ("stop_ratio", "the scores after every task"),
+        ):
+            if getattr(self, name) is not None:
+                raise LifelongError(f"{name} is a pretrain setting that finetune does not use; see {instead}")
 
 
 @dataclass
@@ -547,7 +556,16 @@ class _Context:
 def _train_shared_first(base: Any, ctx: _Context) -> tuple[Any, list[float | None], list[float], float]:
     task = ctx.tasks[0]
     ctx.console.print(f"[bold]{task.name}[/]: training the shared first task ({len(task.train)} examples)")
-    seconds = _train_task(base, task.train, [], ctx, ctx.run_dir / "trainer" / "shared", task)
+    # As in pretrain: a from-scratch model's first task may need more passes than the later ones.
+    first = dataclasses.replace(ctx.settings, epochs=ctx.settings.first_epochs or ctx.settings.epochs)
+    seconds = _train_task(
+        base,
+        task.train,
+        [],
+        dataclasses.replace(ctx, settings=first),
+        ctx.run_dir / "trainer" / "shared",
+        task,
+    )
     scores, losses = evaluate_all(base, ctx.tasks, ctx.tokenizer, ctx.metric, ctx.settings)
     ctx.console.print(f"  trained in {seconds:.0f}s; after it: " + _row_text(ctx.tasks, scores, losses))
     return base, scores, losses, seconds
