@@ -24,11 +24,11 @@ from lifelong.llm.finetune import (
     evaluate_task,
     finetune,
     load_task_adapter,
-    parse_plans,
     prepare,
 )
 from lifelong.llm.instruct import IGNORE, load_task
 from lifelong.llm.models import load_model, resolve_model_folder
+from lifelong.llm.plans import parse_plans
 from lifelong.llm.skills import skill_task
 from lifelong.llm.trainer import ContinualTrainer
 from lifelong.strategies import LwF

@@ -6,20 +6,8 @@ strategy composition, and evaluates every task's held-out part after every task:
 on the answer tokens, and exact match (or a metric function of the user's) of greedy, batched
 generation. The score matrix and the metrics go to ``results.json`` and the report, as in every run.
 
-What a composition can hold:
-
-- ``replay`` (``replay:ratio=0.1``): that share of each task's training examples is drawn from
-  earlier tasks' training examples (and from ``replay=`` data, which counts as already learned);
-- ``self-replay`` (``self-replay:ratio=0.1,keep=500``): for users who no longer have the old data.
-  Before each task the current model answers prompts (the ``self_replay_prompts`` given, plus up to
-  ``keep`` prompts per earlier task, kept when that task was read; their answers are dropped) and
-  those prompt/answer pairs are replayed at that share. No earlier answer is ever stored;
-- any causal-LM strategy of `ContinualTrainer` (``lwf``, ``ewc``, ...), alone or after a ``+``.
-  ``lwf`` distills the model as it was before the task on the new task's examples, as published;
-  when the new prompts call for other behaviour than the old ones, that keeps little of an old
-  skill. ``lwf:prompts=earlier`` (``ratio``, ``keep`` as for self-replay) also distills it on its
-  own answers to kept earlier prompts: those examples carry no label and are learned from the
-  teacher's whole distribution alone (soft targets, where self-replay learns the greedy tokens).
+What a composition can hold (replay, self-replay, lwf on earlier prompts, ewc, ...) is in
+`lifelong.llm.plans`.
 
 With ``lora=True`` one LoRA adapter (on the frozen base) trains through the whole stream, and its
 state after each task goes into an `AdapterLibrary` under that task's name: the run ends with one
@@ -38,7 +26,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +35,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lifelong.errors import LifelongError
 from lifelong.llm.answers import Metric, Prompt, answer_loss, answer_prompts, generate_answers, resolve_metric
-from lifelong.llm.data import check_replay_ratio, replay_blocks_needed
+from lifelong.llm.data import check_replay_ratio
 from lifelong.llm.instruct import (
-    IGNORE,
     Example,
     InstructionTask,
     PaddingCollator,
@@ -71,6 +58,7 @@ from lifelong.llm.models import (
     save_model,
     to_device,
 )
+from lifelong.llm.plans import DEFAULT_KEEP, Plan, parse_plans, replayed_examples, self_replay_examples
 from lifelong.llm.pretrain import (
     DEFAULT_LR,
     TINY_LR,
@@ -83,16 +71,14 @@ from lifelong.llm.pretrain import (
     publish_run,
 )
 from lifelong.llm.skills import is_skills, parse_skills
-from lifelong.llm.trainer import ContinualTrainer, llm_strategies
-from lifelong.spec import Spec, parse_composition
-from lifelong.strategies import EWC, Strategy, build_strategy
+from lifelong.llm.trainer import ContinualTrainer
+from lifelong.strategies import EWC, Strategy
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 LORA_LR = 2e-4  # the usual LoRA rate for a pretrained model; full fine-tuning continues at DEFAULT_LR
 LORA_ADAPTER = "_stream"  # the adapter that trains; task names cannot start with "_", so no clash
-DEFAULT_KEEP = 500  # prompts self-replay keeps per earlier task
 TaskSource = str | Path | InstructionTask
 
 
@@ -124,19 +110,6 @@ class FinetuneSettings(TrainSettings):
 
 
 @dataclass
-class Plan:
-    """One strategy composition: its data-level replay shares and its loss-term strategies."""
-
-    label: str
-    replay_ratio: float = 0.0
-    self_replay_ratio: float = 0.0
-    distill_ratio: float = 0.0  # lwf:prompts=earlier: share of the teacher's answers to earlier prompts
-    keep: int = DEFAULT_KEEP  # prompts kept per earlier task, for self-replay and lwf:prompts=earlier
-    keep_given: bool = False
-    strategies: list[Strategy] = field(default_factory=list)
-
-
-@dataclass
 class Prepared:
     """A task in tokens. ``known`` tasks (``replay=`` data) were learned before the run and only replayed."""
 
@@ -146,106 +119,6 @@ class Prepared:
     prompts: list[Prompt]
     answered: bool
     known: bool = False
-
-
-# ---- compositions ---------------------------------------------------------------------------------------
-
-
-def parse_plans(compositions: Sequence[str], default_ratio: float) -> list[Plan]:
-    """``["naive", "replay", "self-replay:ratio=0.2", "lwf", "replay+ewc"]`` -> plans, all checked now."""
-    plans = []
-    for text in compositions:
-        plan = Plan(label="")
-        others = []
-        labels = []
-        for spec in parse_composition(text):
-            if spec.name in ("replay", "self-replay", "self_replay"):
-                allowed = {"ratio"} | ({"keep"} if spec.name != "replay" else set())
-                unknown = set(spec.options) - allowed
-                if unknown:
-                    raise LifelongError(
-                        f"{spec.name} has options {', '.join(sorted(allowed))}; got {', '.join(sorted(unknown))}"
-                    )
-                ratio = _ratio(spec.options.get("ratio", default_ratio), spec.name)
-                if spec.name == "replay":
-                    plan.replay_ratio = ratio
-                    labels.append(f"replay:ratio={ratio:g}")
-                else:
-                    plan.self_replay_ratio = ratio
-                    _set_keep(plan, spec.options.get("keep"))
-                    labels.append(f"self-replay:ratio={ratio:g}")
-            else:
-                own, label = (
-                    _distill_prompts(plan, spec, default_ratio)
-                    if spec.name in ("lwf", "distill")
-                    else (spec, str(spec))
-                )
-                others.append(own)
-                labels.append(label)
-        plan.strategies = llm_strategies([build_strategy(spec) for spec in others])
-        plan.label = "+".join(labels)
-        plans.append(plan)
-    found = [p.label for p in plans]
-    if len(set(found)) < len(found):
-        raise LifelongError(f"strategy compositions must differ, got {found}")
-    return plans
-
-
-def _distill_prompts(plan: Plan, spec: Spec, default_ratio: float) -> tuple[Spec, str]:
-    """lwf's ``prompts``: ``new`` (LwF as published: the new task's examples only) or ``earlier`` (also
-    the teacher's answers to earlier tasks' prompts, ``ratio`` of the examples, learned by distillation
-    alone). Sets the plan's share; returns LwF's own spec and the composition's label."""
-    finetune_options = {"prompts", "ratio", "keep"}
-    where = str(spec.options.get("prompts", "new"))
-    if where not in ("new", "earlier"):
-        raise LifelongError(
-            f"lwf prompts is 'new' (the new task's) or 'earlier' (also earlier tasks' prompts), got '{where}'"
-        )
-    own = Spec(spec.name, {k: v for k, v in spec.options.items() if k not in finetune_options})
-    if where == "new":
-        if {"ratio", "keep"} & set(spec.options):
-            raise LifelongError(
-                "lwf ratio and keep go with prompts=earlier; try lwf:prompts=earlier,ratio=0.1"
-            )
-        return own, str(own)
-    plan.distill_ratio = _ratio(spec.options.get("ratio", default_ratio), spec.name)
-    _set_keep(plan, spec.options.get("keep"))
-    return own, str(
-        Spec(spec.name, {**own.options, "prompts": "earlier", "ratio": f"{plan.distill_ratio:g}"})
-    )
-
-
-def _set_keep(plan: Plan, value: Any) -> None:
-    if value is None:
-        return
-    keep = _positive_int(value, "keep (prompts kept per earlier task)")
-    if plan.keep_given and keep != plan.keep:
-        raise LifelongError(
-            f"one composition keeps one number of prompts per task; got keep={plan.keep} and {keep}"
-        )
-    plan.keep, plan.keep_given = keep, True
-
-
-def _ratio(value: Any, name: str) -> float:
-    try:
-        ratio = check_replay_ratio(float(value))
-    except (TypeError, ValueError):
-        raise LifelongError(
-            f"{name} ratio must be a number in (0, 1), got '{value}'; try {name}:ratio=0.1"
-        ) from None
-    if ratio == 0:
-        raise LifelongError(f"'{name}' with ratio 0 replays nothing; give a ratio in (0, 1) or leave it out")
-    return ratio
-
-
-def _positive_int(value: Any, what: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise LifelongError(f"{what} must be a whole number >= 1, got '{value}'")
-    return number
 
 
 def evaluate_task(
@@ -277,40 +150,6 @@ def evaluate_all(
         scores.append(score)
         losses.append(loss)
     return scores, losses
-
-
-# ---- replay -------------------------------------------------------------------------------------------------
-
-
-def replayed_examples(pool: Sequence[Example], new: int, ratio: float, seed: int) -> list[Example]:
-    """Old examples making up ``ratio`` of the training examples: a random subset, or whole shuffled passes."""
-    need = replay_blocks_needed(new, ratio)
-    if need == 0 or not pool:
-        return []
-    rng = random.Random(seed)
-    chosen: list[Example] = []
-    while len(chosen) < need:
-        order = list(pool)
-        rng.shuffle(order)
-        chosen += order[: need - len(chosen)]
-    return chosen
-
-
-def self_replay_examples(
-    model: Any, prompts: Sequence[Prompt], new: int, ratio: float, pad_id: int, seed: int, batch_size: int
-) -> list[Example]:
-    """The model's own greedy answers to sampled prompts, as examples with loss on the answers only."""
-    need = replay_blocks_needed(new, ratio)
-    if need == 0 or not prompts:
-        return []
-    rng = random.Random(seed)
-    chosen = (
-        [prompts[rng.randrange(len(prompts))] for _ in range(need)]
-        if need > len(prompts)
-        else rng.sample(list(prompts), need)
-    )
-    answers = generate_answers(model, chosen, pad_id, batch_size)
-    return [Example(p.ids + a, [IGNORE] * len(p.ids) + a) for p, a in zip(chosen, answers, strict=True) if a]
 
 
 # ---- reading the stream ---------------------------------------------------------------------------------------
