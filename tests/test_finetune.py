@@ -26,7 +26,7 @@ from lifelong.llm.finetune import (
     load_task_adapter,
     prepare,
 )
-from lifelong.llm.instruct import IGNORE, load_task
+from lifelong.llm.instruct import DISTILL_MASK, IGNORE, load_task
 from lifelong.llm.models import load_model, resolve_model_folder
 from lifelong.llm.plans import parse_plans
 from lifelong.llm.skills import skill_task
@@ -77,15 +77,18 @@ def test_own_answers_never_read_the_first_tasks_file_again(
     tasks_started = [0]
     sizes: list[int] = []
     unlabelled: list[int] = []  # rows learned with no label: lwf's soft answers
+    undistilled: list[int] = []  # rows the teacher is not asked on: with lwf, the new task's
     reads: list[tuple[str, int]] = []  # (path, tasks started when it was opened)
     train_task, read_bytes, open_ = ContinualTrainer.train_task, Path.read_bytes, builtins.open
     path_open = Path.open
 
     def counting_train_task(self: ContinualTrainer, *args: Any, **kwargs: Any) -> Any:
         tasks_started[0] += 1
-        sizes.append(len(self.train_dataset))  # type: ignore[arg-type]
-        rows = self.train_dataset["labels"]  # type: ignore[index]
-        unlabelled.append(sum(all(label == IGNORE for label in row) for row in rows))
+        data: Any = self.train_dataset
+        sizes.append(len(data))
+        unlabelled.append(sum(all(label == IGNORE for label in row) for row in data["labels"]))
+        masks = data[DISTILL_MASK] if DISTILL_MASK in data.column_names else []
+        undistilled.append(sum(not any(row) for row in masks))
         return train_task(self, *args, **kwargs)
 
     def noting(function: Any) -> Any:
@@ -112,7 +115,8 @@ def test_own_answers_never_read_the_first_tasks_file_again(
     assert first_reads and max(first_reads) == 0  # read once, before any task trained
     # The second task trained on its 58 examples plus 19 self-replayed ones (25% of the 77).
     assert sizes == [58, 58 + 19]
-    assert unlabelled == [0, 19 if strategy.startswith("lwf") else 0]
+    distilled = strategy.startswith("lwf")
+    assert unlabelled == [0, 19 if distilled else 0] and undistilled == [0, 58 if distilled else 0]
     result = document["results"][0]
     assert result["strategy"] == strategy
     assert result["accuracy_matrix"] == [[1.0, 1.0], [1.0, 1.0]]  # the metric given, not exact match

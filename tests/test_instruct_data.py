@@ -113,7 +113,8 @@ def test_soft_examples_carry_no_label_but_mark_their_answers_for_distillation(to
     records = [Record("t", prompt=f"q{i}:", completion=f" a{i}") for i in range(4)]
     examples = [encode(r, tokenizer, 64) for r in records]
     examples[1] = dataclasses.replace(examples[1], soft=True)
-    answers = [[int(label != IGNORE) for label in e.labels] for e in examples]
+    examples[2] = dataclasses.replace(examples[2], distilled=False)  # learns its labels, not the teacher
+    answers = [[int(label != IGNORE and i != 2) for label in e.labels] for i, e in enumerate(examples)]
 
     rows = examples_dataset(examples)
     batch = PaddingCollator(0)(list(rows))
@@ -127,8 +128,9 @@ def test_soft_examples_carry_no_label_but_mark_their_answers_for_distillation(to
     flat = [a for row in answers for a in row]
     packed = pack_examples(examples, 8)
     assert [m for row in packed[DISTILL_MASK] for m in row][: len(flat)] == flat
-    # Without soft examples batches stay as they were: no mask, the labels say where to distill.
+    # With every example plainly distilled batches stay as they were: no mask, the labels say where.
     assert DISTILL_MASK not in PaddingCollator(0)(list(examples_dataset(examples[:1])))
+    assert DISTILL_MASK in PaddingCollator(0)(list(examples_dataset(examples[2:3])))
 
 
 def test_long_examples_lose_the_prompt_start_first(tokenizer: Any) -> None:

@@ -250,7 +250,7 @@ def finetune(
             "--strategy",
             "-s",
             help="naive, replay, self-replay, lwf, ewc; 'replay+lwf' composes; 'self-replay:ratio=0.2'; "
-            "'lwf:prompts=earlier' also distills on the model's answers to earlier prompts; "
+            "'lwf:prompts=earlier' distills on the model's answers to earlier prompts instead; "
             "repeat to compare.  \\[default: replay with --replay, else naive]",
         ),
     ] = None,

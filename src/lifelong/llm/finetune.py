@@ -491,21 +491,24 @@ def _run_plan(
         library, model = _with_lora(model, ctx, slug)
     for t in range(start, len(tasks)):
         task = tasks[t]
-        extra: list[Example] = []
+        examples = list(task.train)
         if plan.replay_ratio:
             pool = [e for old in tasks[:t] for e in old.train]
-            extra += replayed_examples(pool, len(task.train), plan.replay_ratio, settings.seed + t)
+            examples += replayed_examples(pool, len(task.train), plan.replay_ratio, settings.seed + t)
         if plan.self_replay_ratio:
-            extra += _own_answers(model, ctx, plan, t, plan.self_replay_ratio, "self-replay")
+            examples += _own_answers(model, ctx, plan, t, plan.self_replay_ratio, "self-replay")
         if plan.distill_ratio:
+            # The teacher is asked on earlier prompts only: on the new ones it would answer the old way.
             soft = _own_answers(model, ctx, plan, t, plan.distill_ratio, "lwf on earlier prompts")
-            extra += [dataclasses.replace(e, soft=True) for e in soft]
+            examples = [dataclasses.replace(e, distilled=False) for e in examples]
+            examples += [dataclasses.replace(e, soft=True) for e in soft]
+        extra = len(examples) - len(task.train)
         ctx.console.print(
             f"[bold]{plan.label}[/]: training {task.name} (task {t + 1} of {len(tasks)}): "
-            f"{len(task.train)} examples" + (f" + {len(extra)} replayed" if extra else "")
+            f"{len(task.train)} examples" + (f" + {extra} replayed" if extra else "")
         )
         seconds = _train_task(
-            model, [*task.train, *extra], strategies, ctx, ctx.run_dir / "trainer" / slug / f"task-{t}", task
+            model, examples, strategies, ctx, ctx.run_dir / "trainer" / slug / f"task-{t}", task
         )
         train_seconds += seconds
         evaluating = time.perf_counter()
@@ -517,9 +520,7 @@ def _run_plan(
             f"  trained in {seconds:.0f}s; after it: " + _row_text(tasks, row_scores, row_losses)
         )
         if library is not None:
-            _store_adapter(
-                library, model, task.name, len(task.train) + len(extra), row_scores[t], row_losses[t]
-            )
+            _store_adapter(library, model, task.name, len(examples), row_scores[t], row_losses[t])
     record: dict[str, Any] = {
         "strategy": plan.label,
         "accuracy_matrix": scores,

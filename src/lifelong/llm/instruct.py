@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 IGNORE = -100  # the label the loss skips (PyTorch's and transformers' ignore_index)
 # Batch key of the positions a distillation teacher is matched at, present only when some example is
-# soft; every other batch distills where the labels are.
+# soft or not distilled; every other batch distills where the labels are.
 DISTILL_MASK = "distill_mask"
 FORMATS = "{prompt, completion}, {messages} or {text}"
 
@@ -62,9 +62,10 @@ class Example:
 
     ``prompt_ids`` is what generation starts from to answer the record (its final answer) and
     ``answer`` the reference text of that answer; both are empty for plain text. ``stop_ids`` end a
-    generated answer (end-of-text and the chat template's end-of-turn token). A ``soft`` example is
-    learned only from a distillation teacher's distribution at its answer positions, never from its
-    tokens: batches give it no label, and mark those positions in ``DISTILL_MASK``.
+    generated answer (end-of-text and the chat template's end-of-turn token). When a distillation
+    teacher runs, it is matched at the answer positions of ``distilled`` examples; a ``soft`` example
+    is learned from the teacher alone, never from its tokens: batches give it no label. Either
+    makes batches mark the distilled positions in ``DISTILL_MASK``.
     """
 
     input_ids: list[int]
@@ -73,6 +74,7 @@ class Example:
     answer: str | None = None
     stop_ids: tuple[int, ...] = ()
     soft: bool = False
+    distilled: bool = True
 
 
 @dataclass
@@ -334,10 +336,13 @@ def encode_all(
 
 
 def _columns(examples: Sequence[Example]) -> dict[str, list[list[int]]]:
-    """``input_ids`` and ``labels`` rows; with soft examples also ``DISTILL_MASK`` (1 on every answer position)."""
+    """``input_ids`` and ``labels`` rows; with soft or undistilled examples also ``DISTILL_MASK`` (1 on
+    the answer positions of soft and distilled examples)."""
     columns = {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
-    if any(e.soft for e in examples):
-        columns[DISTILL_MASK] = [[int(label != IGNORE) for label in e.labels] for e in examples]
+    if any(e.soft or not e.distilled for e in examples):
+        columns[DISTILL_MASK] = [
+            [int(label != IGNORE and (e.soft or e.distilled)) for label in e.labels] for e in examples
+        ]
         columns["labels"] = [[IGNORE] * len(e.labels) if e.soft else e.labels for e in examples]
     return columns
 

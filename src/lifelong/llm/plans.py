@@ -12,9 +12,10 @@ What a composition can hold:
 - any causal-LM strategy of `ContinualTrainer` (``lwf``, ``ewc``, ...), alone or after a ``+``.
   ``lwf`` distills the model as it was before the task on the new task's examples, as published;
   when the new prompts call for other behaviour than the old ones, that keeps little of an old
-  skill. ``lwf:prompts=earlier`` (``ratio``, ``keep`` as for self-replay) also distills it on its
-  own answers to kept earlier prompts: those examples carry no label and are learned from the
-  teacher's whole distribution alone (soft targets, where self-replay learns the greedy tokens).
+  skill and holds the new one back. ``lwf:prompts=earlier`` (``ratio``, ``keep`` as for
+  self-replay) distills it instead on its own answers to kept earlier prompts, that share of the
+  examples: they carry no label and are learned from the teacher's whole distribution alone (soft
+  targets, where self-replay learns the greedy tokens); every other example learns its labels alone.
 """
 
 from __future__ import annotations
@@ -92,14 +93,14 @@ def parse_plans(compositions: Sequence[str], default_ratio: float) -> list[Plan]
 
 
 def _distill_prompts(plan: Plan, spec: Spec, default_ratio: float) -> tuple[Spec, str]:
-    """lwf's ``prompts``: ``new`` (LwF as published: the new task's examples only) or ``earlier`` (also
+    """lwf's ``prompts``: ``new`` (LwF as published: on the new task's examples) or ``earlier`` (instead on
     the teacher's answers to earlier tasks' prompts, ``ratio`` of the examples, learned by distillation
     alone). Sets the plan's share; returns LwF's own spec and the composition's label."""
     finetune_options = {"prompts", "ratio", "keep"}
     where = str(spec.options.get("prompts", "new"))
     if where not in ("new", "earlier"):
         raise LifelongError(
-            f"lwf prompts is 'new' (the new task's) or 'earlier' (also earlier tasks' prompts), got '{where}'"
+            f"lwf prompts is 'new' (the new task's) or 'earlier' (earlier tasks' prompts), got '{where}'"
         )
     own = Spec(spec.name, {k: v for k, v in spec.options.items() if k not in finetune_options})
     if where == "new":
