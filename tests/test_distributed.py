@@ -126,7 +126,7 @@ def test_one_process_learner_builds_no_accelerator() -> None:
     assert learner.processes.accelerator is None and learner.processes.world == 1
 
 
-def test_two_process_continual_pretrain_writes_one_run(tmp_path: Path) -> None:
+def test_two_process_continual_pretrain_writes_one_run_and_splits_evaluation(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from lifelong.llm.data import load_corpus
 
@@ -152,6 +152,10 @@ def test_two_process_continual_pretrain_writes_one_run(tmp_path: Path) -> None:
     assert perplexity["after"]["code"] < perplexity["before"]["code"]  # it learned the new domain
     assert (out / "model" / "model.safetensors").is_file()
     assert len(list(out.rglob("results.json"))) == 1
+    nll = json.loads((out / "nll.json").read_text())  # perplexity evaluation split over the processes
+    assert nll["forwards"] == [2, 1]  # each process ran its own share of the 3 batches
+    assert nll["shared"][1] == nll["alone"][1] == 55
+    assert nll["shared"][0] == pytest.approx(nll["alone"][0], rel=1e-5)
 
 
 @pytest.mark.parametrize("strategies", ["ewc", "lwf"])

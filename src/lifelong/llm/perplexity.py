@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.distributed import all_reduce_sum, group_rank, group_size
 from lifelong.errors import LifelongError
 from lifelong.llm.data import PackedCorpus, as_blocks
 
@@ -31,28 +32,32 @@ def token_nll(
 
     ``data`` is a ``[n, block]`` tensor of token ids, a `PackedCorpus` (its held-out part is used)
     or a ``datasets.Dataset`` with ``input_ids``. ``max_blocks`` evaluates the first blocks only.
+    Under a process group every process must call it: each evaluates its share of the batches and
+    all of them get the sum.
     """
     blocks = as_blocks(data, None if max_blocks is None else torch.arange(min(max_blocks, _count(data))))
     if len(blocks) == 0:
         raise LifelongError("no blocks to evaluate perplexity on; give more text or a smaller block size")
+    # The bare model: a DDP wrapper's forward would sync buffers, and the shares may differ by a batch.
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     device = _device(model)
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # NLL, tokens
     try:
-        for start in range(0, len(blocks), batch_size):
+        for start in range(group_rank() * batch_size, len(blocks), group_size() * batch_size):
             ids = blocks[start : start + batch_size].to(device)
             logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
             targets = ids[:, 1:]
             # float32 softmax even under bf16 weights: the NLL of rare tokens is where precision goes.
-            total += F.cross_entropy(
+            sums[0] += F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum"
             ).double()
-            count += targets.numel()
+            sums[1] += targets.numel()
     finally:
         model.train(was_training)
-    return float(total), count
+    all_reduce_sum(sums)
+    return float(sums[0]), int(sums[1])
 
 
 def _count(data: Any) -> int:
