@@ -227,6 +227,7 @@ def test_compositions_are_checked_before_anything_runs() -> None:
         ("self-replay:keep=0", "whole number >= 1"),
         ("lwf:prompts=old", "prompts is 'new'"),
         ("lwf:ratio=0.2", "go with prompts=earlier"),
+        ("lwf:prompts=earlier,alpha=1", "needs alpha in"),
         ("self-replay:keep=5+lwf:prompts=earlier,keep=6", "one number of prompts"),
         ("naive", "must differ"),
     ]:

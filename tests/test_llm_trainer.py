@@ -109,7 +109,8 @@ def test_distillation_is_the_seeds_mix_over_labelled_positions_only(tmp_path: Pa
 
 
 def test_soft_rows_are_learned_by_distillation_alone(tmp_path: Path) -> None:
-    """A soft row has no label: the LM loss skips it, the KL covers its marked positions."""
+    """A soft row has no label: the LM loss skips it, the KL covers its marked positions, and the
+    two are weighed alpha : 1 - alpha at the LM loss's full scale."""
     model, old = tiny_model(0), tiny_model(1)
     trainer = trainer_for(model, tmp_path, blocks(), strategies=[LwF(alpha=0.3, temperature=2.0)])
     trainer.before_task()
@@ -131,7 +132,7 @@ def test_soft_rows_are_learned_by_distillation_alone(tmp_path: Path) -> None:
     p = F.log_softmax(teacher[distilled] / 2, -1)
     q = F.log_softmax(logits[distilled] / 2, -1)
     kl_sum = (p.exp() * (p - q)).sum()
-    expected = (0.7 * ce_sum + 0.3 * 4 * kl_sum) / items
+    expected = (ce_sum + 0.3 / 0.7 * 4 * kl_sum) / items  # plain fine-tuning's scale, the seed's ratio
     assert float(torch.as_tensor(loss).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
 
     # A micro-batch of soft rows alone: a finite loss, from the KL only.

@@ -15,7 +15,8 @@ What a composition can hold:
   skill and holds the new one back. ``lwf:prompts=earlier`` (``ratio``, ``keep`` as for
   self-replay) distills it instead on its own answers to kept earlier prompts, that share of the
   examples: they carry no label and are learned from the teacher's whole distribution alone (soft
-  targets, where self-replay learns the greedy tokens); every other example learns its labels alone.
+  targets, where self-replay learns the greedy tokens); every other example learns its labels alone,
+  at plain fine-tuning's step size, and ``alpha : 1 - alpha`` weighs the two.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from lifelong.llm.data import check_replay_ratio, replay_blocks_needed
 from lifelong.llm.instruct import IGNORE, Example
 from lifelong.llm.trainer import llm_strategies
 from lifelong.spec import Spec, parse_composition
-from lifelong.strategies import Strategy, build_strategy
+from lifelong.strategies import LwF, Strategy, build_strategy
 
 DEFAULT_KEEP = 500  # prompts self-replay keeps per earlier task
 
@@ -84,6 +85,10 @@ def parse_plans(compositions: Sequence[str], default_ratio: float) -> list[Plan]
                 others.append(own)
                 labels.append(label)
         plan.strategies = llm_strategies([build_strategy(spec) for spec in others])
+        if plan.distill_ratio and not all(0 < s.alpha < 1 for s in plan.strategies if isinstance(s, LwF)):
+            raise LifelongError(
+                "lwf:prompts=earlier needs alpha in (0, 1): it weighs the teacher against labels"
+            )
         plan.label = "+".join(labels)
         plans.append(plan)
     found = [p.label for p in plans]

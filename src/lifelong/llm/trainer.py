@@ -13,7 +13,9 @@ objects as on the classic side, driven for causal LMs:
   positions whose next-token label is not -100, averaged per token, mixed the seed's way:
   ``alpha * T^2 * KL + (1 - alpha) * LM loss``. The per-token KL is ``LwF.distillation_loss``.
   Rows of soft examples (`lifelong.llm.instruct.Example`) carry no label and are learned by the
-  distillation term alone, at the positions their ``distill_mask`` marks.
+  distillation term alone, at the positions their ``distill_mask`` marks. With such a mask the
+  distilled positions are apart from the labelled ones, so the loss is
+  ``LM loss + alpha / (1 - alpha) * T^2 * KL``: the same ratio, at plain fine-tuning's step size.
 - ``naive`` adds nothing. Replay is not a loss term here: it is token-share data mixing
   (`lifelong.llm.data.mix_by_token_share`, ``continual_pretrain(replay_ratio=...)``).
 
@@ -365,9 +367,13 @@ class ContinualTrainer(Trainer):
         distill = inputs.pop(DISTILL_MASK, None)
         labels = inputs.get("labels")
         if distill is not None:
-            if self._teacher is None:
+            if self._teacher is None or self._lwf is None:
                 raise LifelongError(
                     "soft examples are learned from a distillation teacher; add lwf to the strategies"
+                )
+            if self._lwf.alpha >= 1:
+                raise LifelongError(
+                    "with soft examples lwf alpha must be below 1 (1 learns no label); try 0.5"
                 )
             if num_items_in_batch is not None:
                 # Soft rows carry no label: a batch of soft rows alone must give a zero LM loss, not 0/0.
@@ -387,7 +393,12 @@ class ContinualTrainer(Trainer):
             positions = distill if distill is not None else (None if labels is None else labels != IGNORE)
             kd_mean, count = distillation_terms(outputs.logits, teacher, positions, temperature)
             kd = kd_mean * count * per_token  # back to a sum, then the LM loss's own normalisation
-            loss = (1 - alpha) * loss + alpha * temperature**2 * kd
+            if distill is None:
+                loss = (1 - alpha) * loss + alpha * temperature**2 * kd  # the seed's mix
+            else:
+                # Distilled positions marked apart from the labels: the LM loss keeps plain fine-tuning's
+                # step size (the seed's mix would shrink it by 1 - alpha) and the KL keeps the seed's ratio.
+                loss = loss + alpha / (1 - alpha) * temperature**2 * kd
             self._note("distill_kl", kd_mean)
         for ewc in ewcs:
             penalty = ewc.ewc_loss()
