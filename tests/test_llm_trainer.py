@@ -141,7 +141,8 @@ def test_soft_rows_are_learned_by_distillation_alone(tmp_path: Path) -> None:
         {"input_ids": ids[1:], "labels": labels[1:], "distill_mask": distill[1:]},
         num_items_in_batch=0,
     )
-    assert math.isfinite(float(torch.as_tensor(only_soft).detach())) and float(only_soft) > 0
+    value = float(torch.as_tensor(only_soft).detach())
+    assert math.isfinite(value) and value > 0
 
 
 def test_soft_rows_without_a_teacher_are_refused(tmp_path: Path) -> None:
