@@ -130,7 +130,7 @@ def test_lora_keeps_one_adapter_per_task_that_reloads_exactly(
         TINY,
         list(skills),
         tmp_path / "run",
-        strategies=["naive", "lwf"],
+        strategies=["naive", "lwf", "lwf:prompts=earlier"],
         lora={"r": 4},
         merge=True,
         settings=settings,
