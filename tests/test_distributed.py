@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from lifelong import Learner, build_benchmark, build_model
+from lifelong.checkpoint import MANIFEST_FILE, latest_checkpoint
 from lifelong.distributed import local_share, without_option
+from lifelong.experiment import strategy_dir
 from lifelong.strategies.ewc import EWC
 
 WORKERS = Path(__file__).parent / "workers"
@@ -23,6 +28,13 @@ def launch(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def lifelong_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """``lifelong run ARGS`` in a fresh process (one thread per process), its output captured."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lifelong", "run", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -58,20 +70,9 @@ def test_fisher_over_shards_equals_the_single_process_fisher(two_process_task) -
 def test_two_process_run_matches_one_process(tmp_path: Path) -> None:
     """The issue's acceptance: replay+ewc on split-digits, 2 processes vs 1, same global batch."""
     args = ["--strategy", "replay+ewc", "--no-progress", "--device", "cpu"]  # the default settings
-    single = subprocess.run(
-        [sys.executable, "-m", "lifelong", "run", *args, "--out", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
+    single = lifelong_run(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr[-3000:]
-    double = subprocess.run(
-        [sys.executable, "-m", "lifelong", "run", *args, "--processes", "2", "--out", str(tmp_path / "two")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    double = lifelong_run(*args, "--processes", "2", "--out", str(tmp_path / "two"))
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("results written to") == 1  # only the main process prints
     one = json.loads((tmp_path / "one" / "results.json").read_text())
@@ -83,24 +84,59 @@ def test_two_process_run_matches_one_process(tmp_path: Path) -> None:
     assert len(list((tmp_path / "two").rglob("results.json"))) == 1
 
 
-def test_bad_input_in_a_two_process_run_is_one_line(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lifelong",
-            "run",
-            "--strategy",
-            "nope",
-            "--processes",
-            "2",
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process under it (the launcher's workers run in their own group)."""
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        found.append(parent)
+        listed = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True)
+        pending += [int(child) for child in listed.stdout.split()]
+    for each in found:  # the launcher first: it cannot start new workers once dead
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_numbers(cli, tmp_path: Path) -> None:
+    """Each process checkpoints its own replay share and generators; the main one commits the task."""
+    args = ["-s", "replay", "--epochs", "4", "--batch-size", "16", "--seed", "1", "--no-progress"]
+    args += ["--device", "cpu", "--processes", "2"]
+    killed = tmp_path / "killed"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "lifelong", "run", *args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+    marker = strategy_dir(killed, 0, "replay") / "task-1" / MANIFEST_FILE
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        if run.poll() is not None or time.monotonic() > deadline:
+            kill_tree(run.pid)
+            pytest.fail(
+                f"run ended or stalled before its second checkpoint: {run.stderr.read().decode()[-2000:]}"
+            )  # type: ignore[union-attr]
+        time.sleep(0.005)
+    kill_tree(run.pid)
+    run.wait()
+    assert not (killed / "results.json").exists()
+    latest = latest_checkpoint(strategy_dir(killed, 0, "replay"))
+    assert latest is not None and latest.name in ("task-1", "task-2", "task-3"), latest  # died mid-stream
+    assert (latest.parent / "rank-1" / latest.name / MANIFEST_FILE).is_file()  # the other process's part
+
+    code, _, err = cli("run", "--resume", str(killed), "--no-progress")  # one process: refused, nothing lost
+    assert code == 2 and "resume with --processes 2" in err
+    resumed = lifelong_run("--resume", str(killed), "--processes", "2", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = lifelong_run(*args, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    after = json.loads((killed / "results.json").read_text())["results"][0]
+    want = json.loads((tmp_path / "straight" / "results.json").read_text())["results"][0]
+    assert after["accuracy_matrix"] == want["accuracy_matrix"]
+
+
+def test_bad_input_in_a_two_process_run_is_one_line(tmp_path: Path) -> None:
+    done = lifelong_run("--strategy", "nope", "--processes", "2", "--out", str(tmp_path / "r"))
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown strategy" in lines[0], done.stderr
@@ -186,12 +222,7 @@ def test_bf16_mixed_precision_run_learns_like_full_precision(tmp_path: Path) -> 
     accuracies = []
     for precision in ("no", "bf16"):
         out = tmp_path / precision
-        done = subprocess.run(
-            [sys.executable, "-m", "lifelong", "run", *args, "--precision", precision, "--out", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        done = lifelong_run(*args, "--precision", precision, "--out", str(out))
         assert done.returncode == 0, done.stderr[-3000:]
         document = json.loads((out / "results.json").read_text())
         assert document["config"]["precision"] == precision
@@ -214,11 +245,6 @@ def test_two_process_overwrite_of_a_finished_run_trains_again(tmp_path: Path) ->
         str(tmp_path / "r"),
     ]
     for extra in ([], ["--overwrite", "--seed", "1"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "lifelong", "run", *args, *extra],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = lifelong_run(*args, *extra)
         assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "r" / "results.json").read_text())["config"]["seed"] == 1

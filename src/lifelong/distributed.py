@@ -199,7 +199,9 @@ def launch(num_processes: int, argv: list[str]) -> int:
     try:
         elastic_launch(config, sys.executable)("-m", "lifelong", *argv)
     except ChildFailedError as err:
-        return min(err.failures.items())[1].exitcode or 1
+        # The first process to fail stops the others with SIGTERM (a negative status): report its own.
+        own = [failure.exitcode for _, failure in sorted(err.failures.items()) if failure.exitcode > 0]
+        return own[0] if own else 1
     return 0
 
 

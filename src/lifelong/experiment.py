@@ -140,13 +140,21 @@ def run_strategy(
         processes=processes,
     )
     start, result = 0, None
+    # The main process's checkpoint is the commit point: it is written once every other process's
+    # own part (its replay buffer share, its generators) is on disk, so its presence means all are.
     checkpoint = latest_checkpoint(folder) if folder is not None else None
     if checkpoint is not None:
-        tensors, state = load_checkpoint(checkpoint)
+        own = checkpoint if processes.is_main else _rank_part(checkpoint, processes.rank)
+        tensors, state = load_checkpoint(own)
         if state.get("fingerprint") != fingerprint:
             raise LifelongError(
                 f"checkpoint {checkpoint} was written with a different config than this run's {RUN_FILE}; "
                 "resume with the original settings or start a new run"
+            )
+        if state.get("processes", 1) != processes.world:
+            raise LifelongError(
+                f"checkpoint {checkpoint} was written by {state.get('processes', 1)} processes, this run has "
+                f"{processes.world}; resume with --processes {state.get('processes', 1)}"
             )
         learner.restore_state(tensors, state["learner"], stream)
         result = FitResult(**state["result"])
@@ -159,9 +167,23 @@ def run_strategy(
     )
 
     def on_task_end(learner: Learner, fit: FitResult) -> None:
-        if folder is None or not processes.is_main:
+        if folder is None:
             return
         done = len(fit.matrix)
+        tensors, tree = learner.checkpoint_state()
+        state = {
+            "fingerprint": fingerprint,
+            "learner": tree,
+            "result": vars(fit),
+            "processes": processes.world,
+        }
+        if not processes.is_main:
+            save_checkpoint(_rank_part(folder / f"task-{done - 1}", processes.rank), tensors, state)
+            processes.wait()  # the main process commits this task only once every part is written
+            processes.wait()  # then each process drops its parts of older tasks
+            _keep_only(folder / f"rank-{processes.rank}", f"task-{done - 1}")
+            return
+        processes.wait()
         with (folder.parent.parent / METRICS_LOG).open("a", encoding="utf-8") as log:
             log.write(
                 json.dumps({"strategy": composition, "after_task": done - 1, "scores": fit.matrix[-1]}) + "\n"
@@ -172,12 +194,9 @@ def run_strategy(
             seen = fit.matrix[-1][:done]
             writer.add_scalar("average_accuracy", sum(seen) / len(seen), global_step=done - 1)
             writer.flush()
-        tensors, tree = learner.checkpoint_state()
-        state = {"fingerprint": fingerprint, "learner": tree, "result": vars(fit)}
         save_checkpoint(folder / f"task-{done - 1}", tensors, state)
-        for older in folder.glob("task-*"):  # keep only the newest complete checkpoint
-            if older.name != f"task-{done - 1}":
-                shutil.rmtree(older, ignore_errors=True)
+        _keep_only(folder, f"task-{done - 1}")  # keep only the newest complete checkpoint
+        processes.wait()
 
     try:
         fit = learner.fit(stream, start_task=start, result=result, on_task_end=on_task_end)
@@ -195,6 +214,17 @@ def run_strategy(
     if folder is not None and processes.is_main:
         atomic_write_json(folder / "result.json", record)
     return record
+
+
+def _rank_part(checkpoint: Path, rank: int) -> Path:
+    """Where process ``rank`` (not the main one) keeps its own part of a checkpoint."""
+    return checkpoint.parent / f"rank-{rank}" / checkpoint.name
+
+
+def _keep_only(folder: Path, newest: str) -> None:
+    for older in folder.glob("task-*"):
+        if older.name != newest:
+            shutil.rmtree(older, ignore_errors=True)
 
 
 def tensorboard_writer(log_dir: Path) -> Any:
@@ -240,11 +270,6 @@ def run_experiment(
         config, compositions = load_run(resume)
         run_dir = resume
         processes = Processes(config.device, config.precision)
-        if processes.world > 1:
-            raise LifelongError(
-                "--resume runs in one process (each process's replay buffer is not checkpointed); "
-                "drop --processes or the launcher"
-            )
     else:
         if config is None:
             raise LifelongError("run_experiment needs a config or a run folder to resume")
