@@ -258,11 +258,12 @@ def finetune(
     ``data``: JSONL files (one task each) and/or ``skills`` (its three tasks). ``replay``: data the
     model already learned, replayed by ``replay`` and scored like the tasks (its rows of the matrix
     are the model as given). ``strategies``: compositions such as ``"naive"``, ``"replay"``,
-    ``"self-replay"``, ``"lwf"``, ``"lwf:prompts=earlier"``, ``"replay:ratio=0.2+ewc"`` (default: ``replay`` when ``replay`` data
-    is given, else ``naive``); ``replay_ratio`` is their default share. ``lora``: True or LoRA fields
-    (``{"r": 8}``) for one adapter per task in ``out/adapters/<composition>``; ``merge`` adds their
-    merge. ``metric``: ``"exact"`` (default), a function ``(prediction, reference) -> float`` or
-    ``"module:function"``. Returns the results document (also ``out/results.json``).
+    ``"self-replay"``, ``"lwf"``, ``"lwf:prompts=earlier"``, ``"replay:ratio=0.2+ewc"`` (default:
+    ``replay`` when ``replay`` data is given, else ``naive``); ``replay_ratio`` is their default
+    share. ``lora``: True or LoRA fields (``{"r": 8}``) for one adapter per task in
+    ``out/adapters/<composition>``; ``merge`` adds their merge. ``metric``: ``"exact"`` (default),
+    a function ``(prediction, reference) -> float`` or ``"module:function"``. Returns the results
+    document (also ``out/results.json``).
     """
     from rich.console import Console
 
