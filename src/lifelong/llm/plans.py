@@ -34,7 +34,7 @@ from lifelong.llm.trainer import llm_strategies
 from lifelong.spec import Spec, parse_composition
 from lifelong.strategies import LwF, Strategy, build_strategy
 
-DEFAULT_KEEP = 500  # prompts self-replay keeps per earlier task
+DEFAULT_KEEP = 500  # prompts kept per earlier task for self-replay and lwf:prompts=earlier
 
 
 @dataclass
