@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.data import CausalCollator, blocks_dataset
+from lifelong.llm.instruct import DISTILL_MASK, Example, PaddingCollator, examples_dataset
 from lifelong.llm.schedules import lr_lambda
 from lifelong.llm.trainer import ContinualTrainer, _Teacher, causal_lm_fisher, distillation_terms
 from lifelong.strategies import EWC, LwF
@@ -143,6 +144,23 @@ def test_soft_rows_are_learned_by_distillation_alone(tmp_path: Path) -> None:
     )
     value = float(torch.as_tensor(only_soft).detach())
     assert math.isfinite(value) and value > 0
+
+
+def test_the_distill_mask_column_survives_the_trainers_column_filter(tmp_path: Path) -> None:
+    """The Trainer drops dataset columns the model's forward does not take; the mask must reach the loss."""
+    examples = [
+        Example([1, 2, 3, 4], [-100, -100, 3, 4]),
+        Example([1, 2, 5, 6], [-100, -100, 5, 6], soft=True),
+    ]
+    trainer = ContinualTrainer(
+        model=tiny_model(),
+        args=args(tmp_path),
+        train_dataset=examples_dataset(examples),
+        data_collator=PaddingCollator(0),
+        strategies=[LwF()],
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert sorted(batch[DISTILL_MASK].sum(dim=1).tolist()) == [2, 2]  # both answers, soft or not
 
 
 def test_soft_rows_without_a_teacher_are_refused(tmp_path: Path) -> None:
