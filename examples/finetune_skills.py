@@ -12,7 +12,7 @@ much exact match drops for it, and how much of that drop each strategy cuts. The
 but of the model's own answers to earlier skills' prompts, so it never reads their answers again.
 ``lwf`` distills the previous model on the new skill's prompts, as published; with
 ``prompts=earlier`` it distills it instead on its own answers to earlier skills' prompts (10% of the
-examples, no label on them). The first skill is trained once and shared by all. About eleven minutes
+examples, no label on them). The first skill is trained once and shared by all. About ten to eleven minutes
 on one CPU core.
 
     python examples/finetune_skills.py [--out runs/finetune-skills]
