@@ -53,6 +53,7 @@ from lifelong.llm.instruct import (
 from lifelong.llm.models import (
     is_tiny_llama,
     load_model,
+    model_supply,
     offline,
     resolve_model_folder,
     save_model,
@@ -320,16 +321,8 @@ def finetune(
         shared = None
         if from_scratch and not lora and not known_raw:
             shared = _train_shared_first(base, context)
-        untouched: list[Any] = [] if shared is not None else [base]
+        fresh_model = model_supply(model, None if shared is not None else base, device)
         del base
-
-        def fresh_model() -> Any:
-            if untouched:
-                return untouched.pop()
-            loaded, _ = load_model(model)
-            to_device(loaded, device)
-            return loaded
-
         results = []
         for index, plan in enumerate(plans):
             results.append(_run_plan(index, plan, fresh_model, shared, initial, context, bool(lora), merge))

@@ -17,7 +17,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -278,6 +278,21 @@ def vocab_size(model: Any) -> int:
 
 def to_device(model: Any, device: str) -> None:
     model.to(device)
+
+
+def model_supply(model: str | Path, loaded: Any, device: str) -> Callable[[], Any]:
+    """Models for one composition after another: ``loaded`` first (unless None), then fresh loads of
+    ``model`` on ``device``, so that one model (not two) is in memory at a time."""
+    untouched = [] if loaded is None else [loaded]
+
+    def fresh() -> Any:
+        if untouched:
+            return untouched.pop()
+        reloaded, _ = load_model(model)
+        to_device(reloaded, device)
+        return reloaded
+
+    return fresh
 
 
 def _first_line(err: BaseException) -> str:

@@ -42,7 +42,15 @@ from lifelong.llm.data import (
     mix_by_token_share,
     pack,
 )
-from lifelong.llm.models import is_tiny_llama, load_model, offline, save_model, to_device, vocab_size
+from lifelong.llm.models import (
+    is_tiny_llama,
+    load_model,
+    model_supply,
+    offline,
+    save_model,
+    to_device,
+    vocab_size,
+)
 from lifelong.llm.perplexity import perplexities
 from lifelong.llm.schedules import SCHEDULES
 from lifelong.llm.trainer import FISHER_SEQUENCES, ContinualTrainer, causal_lm_fisher, llm_strategies
@@ -540,16 +548,8 @@ def run_pretrain(
             shared = (base, [row[n] for n in names], first.train_seconds, folder)
         # Your own model: the first composition trains the loaded copy, later ones reload it, so one
         # model (not two) is in memory at a time.
-        untouched: list[Any] = [] if shared is not None else [base]
+        fresh_model = model_supply(model, None if shared is not None else base, device)
         del base
-
-        def fresh_model() -> Any:
-            if untouched:
-                return untouched.pop()
-            loaded_model, _ = load_model(model)
-            to_device(loaded_model, device)
-            return loaded_model
-
         results = []
         for index, plan in enumerate(plans):
             results.append(
