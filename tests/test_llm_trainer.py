@@ -136,6 +136,23 @@ def test_soft_rows_are_learned_by_distillation_alone(tmp_path: Path) -> None:
     expected = (ce_sum + 0.3 / 0.7 * 4 * kl_sum) / items  # plain fine-tuning's scale, the seed's ratio
     assert float(torch.as_tensor(loss).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
 
+    # The teacher runs only on rows with something to distill: the labelled row is left to its labels.
+    seen: list[int] = []
+    teacher_copy = trainer._teacher.copy
+    assert teacher_copy is not None
+
+    def note_rows(_module: Any, _args: Any, kwargs: dict[str, Any], _out: Any) -> None:
+        seen.append(kwargs["input_ids"].shape[0])
+
+    hook = teacher_copy.register_forward_hook(note_rows, with_kwargs=True)
+    undistilled = distill.clone()
+    undistilled[0] = False
+    trainer.compute_loss(
+        model, {"input_ids": ids, "labels": labels, "distill_mask": undistilled}, num_items_in_batch=items
+    )
+    hook.remove()
+    assert seen == [1]
+
     # A micro-batch of soft rows alone: a finite loss, from the KL only.
     only_soft = trainer.compute_loss(
         model,

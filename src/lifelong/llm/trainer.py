@@ -177,8 +177,13 @@ class _Teacher:
             self.copy = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def logits(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    def logits(
+        self, model: nn.Module, inputs: dict[str, Any], rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The teacher's logits on the batch, or on its ``rows`` only."""
         kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+        if rows is not None:
+            kwargs = {k: v[rows] for k, v in kwargs.items()}
         if self.copy is not None:
             return cast(torch.Tensor, self.copy(**kwargs, use_cache=False).logits)
         # Swapped before the student's forward, so no autograd graph holds the tensors being overwritten.
@@ -380,9 +385,15 @@ class ContinualTrainer(Trainer):
                 num_items_in_batch = torch.clamp(torch.as_tensor(num_items_in_batch), min=1)
         if not ewcs and self._teacher is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # With a distill mask the teacher is asked only on the rows it marks (e.g. the soft ones).
+        rows = None if distill is None else distill[:, 1:].any(dim=1).nonzero().squeeze(1)
         # The teacher runs first: the PEFT teacher swaps weights, which must not happen under a graph.
         # The unwrapped model: under DDP a second forward through the wrapper would be counted twice.
-        teacher = self._teacher.logits(self._model(), inputs) if self._teacher is not None else None
+        teacher = (
+            self._teacher.logits(self._model(), inputs, rows)
+            if self._teacher is not None and (rows is None or len(rows) > 0)
+            else None
+        )
         loss, outputs = cast(
             tuple[torch.Tensor, Any],
             super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch),
@@ -390,8 +401,11 @@ class ContinualTrainer(Trainer):
         per_token, per_step = self._loss_scales(labels, num_items_in_batch)
         if teacher is not None and self._lwf is not None:
             alpha, temperature = self._lwf.alpha, self._lwf.temperature
-            positions = distill if distill is not None else (None if labels is None else labels != IGNORE)
-            kd_mean, count = distillation_terms(outputs.logits, teacher, positions, temperature)
+            if distill is None:
+                student, positions = outputs.logits, None if labels is None else labels != IGNORE
+            else:
+                student, positions = outputs.logits[rows], distill[rows]
+            kd_mean, count = distillation_terms(student, teacher, positions, temperature)
             kd = kd_mean * count * per_token  # back to a sum, then the LM loss's own normalisation
             if distill is None:
                 loss = (1 - alpha) * loss + alpha * temperature**2 * kd  # the seed's mix
