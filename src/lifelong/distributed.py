@@ -13,6 +13,7 @@ Strategies stay correct without knowing any of this: data reaches them through `
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from typing import Any, Literal, TypeVar
 
@@ -77,8 +78,14 @@ def sum_over_processes(total: dict[str, torch.Tensor], count: int) -> tuple[dict
 
 def shutdown() -> None:
     """End of a multi-process run: wait for every process, then close the process group (a process
-    leaving with the group open can abort in the collective library's threads at exit)."""
+    leaving with the group open can abort in the collective library's threads at exit).
+
+    Call it once the run's objects are gone. A DDP wrapper left in a reference cycle would otherwise
+    be freed only at interpreter exit, with gloo work still holding tensors: an intermittent SIGABRT
+    ("terminate called without an active exception"). So the cycles are collected first.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
