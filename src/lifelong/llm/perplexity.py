@@ -2,7 +2,8 @@
 
 The mean is over tokens, not over batches or blocks, so a corpus's perplexity does not depend on
 the evaluation batch size. Every next token of a block counts (instruction data's answer-only loss
-is `lifelong.llm.answers.answer_loss`). Lower is better; `lifelong.metrics.summarize(..., higher_is_better=False)` reads it.
+is `lifelong.llm.answers.answer_loss`). Lower is better;
+`lifelong.metrics.summarize(..., higher_is_better=False)` reads it.
 """
 
 from __future__ import annotations
