@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong import build_benchmark, build_model
-from lifelong.learner import resolve_device
+from lifelong.core.learner import resolve_device
 from lifelong.strategies import EWC
 
 Fisher = dict[str, torch.Tensor]

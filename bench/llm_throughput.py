@@ -27,8 +27,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from lifelong.llm.data import CausalCollator, load_corpus, mix_by_token_share, pack
-from lifelong.llm.models import load_model, offline, vocab_size
+from lifelong.llm.models import load_model, vocab_size
 from lifelong.llm.trainer import ContinualTrainer
+from lifelong.models.hf import offline
 from lifelong.strategies import LwF
 
 WARMUP_STEPS = 3

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from lifelong import Learner, build_benchmark, build_model, build_strategies
-from lifelong.stream import Stream, Task
+from lifelong.core.stream import Stream, Task
 
 EPOCHS, BATCH, LR = 5, 32, 0.05
 BUFFER, REPLAY_RATIO = 200, 2  # the strategies' defaults, spelled out for both sides

@@ -27,13 +27,14 @@ import time
 
 import torch
 
-from lifelong import metrics
-from lifelong.benchmarks.text import minilm, split_pydoc
-from lifelong.learner import Learner
-from lifelong.strategies.base import Strategy
+from lifelong.core import metrics
+from lifelong.core.learner import Learner
+from lifelong.core.strategy import Strategy
+from lifelong.core.stream import Stream
+from lifelong.data.text import split_pydoc
+from lifelong.models.text import minilm
 from lifelong.strategies.lora import LoRA
 from lifelong.strategies.replay import Replay
-from lifelong.stream import Stream
 
 
 def run(

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from lifelong.cli import main
+from lifelong.cli.app import main
 
 # The tests train tiny models, for which one thread is fastest; on a shared 2-core machine, two
 # threads per process mostly wait for each other.

@@ -529,8 +529,8 @@ def test_bad_data(tmp_path: Path) -> None:
 @pytest.fixture
 def adapters_cli(cli: Callable[..., tuple[int, str, str]]) -> Callable[..., tuple[int, str, str]]:
     """The real `lifelong` entry point with the `adapters` group mounted (a no-op once cli.py mounts it)."""
-    from lifelong.cli import app
-    from lifelong.cli_adapters import adapters_app
+    from lifelong.cli.adapters import adapters_app
+    from lifelong.cli.app import app
 
     if not any(group.name == "adapters" for group in app.registered_groups):
         app.add_typer(adapters_app, name="adapters")

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lifelong.core.learner import Learner
+from lifelong.core.stream import Scenario, Stream, split_by_classes
 from lifelong.errors import LifelongError
-from lifelong.learner import Learner
 from lifelong.strategies import AGEM, REGISTRY, Strategy, build_strategies
-from lifelong.stream import Scenario, Stream, split_by_classes
 
 
 def make_stream(scenario: Scenario = "class") -> Stream:

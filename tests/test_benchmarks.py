@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from lifelong.benchmarks import BENCHMARKS, build_benchmark
-from lifelong.benchmarks import mnist1d as mnist1d_module
-from lifelong.benchmarks.digits import load_digits_arrays
+from lifelong.core.stream import Stream
+from lifelong.data import BENCHMARKS, build_benchmark
+from lifelong.data import mnist1d as mnist1d_module
+from lifelong.data.digits import load_digits_arrays
 from lifelong.errors import LifelongError
-from lifelong.stream import Stream
 
 SMALL = 2000  # MNIST-1D samples for the fast tests
 SHAPES = {

@@ -145,7 +145,7 @@ def test_missing_config_file(cli, tmp_path: Path) -> None:
 
 
 def test_listing_commands_name_everything(cli) -> None:
-    from lifelong.benchmarks import BENCHMARKS
+    from lifelong.data import BENCHMARKS
     from lifelong.strategies import REGISTRY
 
     code, out, _ = cli("benchmarks")

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lifelong.benchmarks.files import load_user_stream
+from lifelong.core.stream import Stream
+from lifelong.data.files import load_user_stream
 from lifelong.errors import LifelongError
-from lifelong.stream import Stream
 
 
 def frame(labels: list[Any], per_class: int = 10, seed: int = 0, **extra: Any) -> pd.DataFrame:

@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from lifelong.config import RunConfig
+from lifelong.core.learner import Learner
+from lifelong.core.spec import Spec
+from lifelong.core.strategy import Batch
 from lifelong.errors import LifelongError
-from lifelong.experiment import build_stream, run_strategy
-from lifelong.learner import Learner
-from lifelong.spec import Spec
+from lifelong.experiment.run import build_stream, run_strategy
+from lifelong.experiment.settings import RunConfig
 from lifelong.strategies import DERPP, build_strategies
-from lifelong.strategies.base import Batch
 from lifelong.strategies.replay import ReplayBuffer
 
 

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lifelong.core.learner import Learner
+from lifelong.core.stream import Scenario, Stream, split_by_classes
 from lifelong.errors import LifelongError
-from lifelong.learner import Learner
 from lifelong.strategies import EWC, build_strategies
-from lifelong.stream import Scenario, Stream, split_by_classes
 
 # A softmax-linear model: the per-sample gradient of -log p_c(x) is (p - e_c) x^T for the weight and
 # (p - e_c) for the bias, so every Fisher estimator has a closed form to test against.

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lifelong.benchmarks.files import load_user_stream
-from lifelong.checkpoint import load_checkpoint, save_checkpoint
-from lifelong.config import load_yaml_config
+from lifelong.core.checkpoint import load_checkpoint, save_checkpoint
+from lifelong.data.files import load_user_stream
 from lifelong.errors import LifelongError
-from lifelong.experiment import load_run
+from lifelong.experiment.run import load_run
+from lifelong.experiment.settings import load_yaml_config
 
 
 @contextmanager
@@ -149,7 +149,7 @@ def test_checkpoint_and_run_files_survive_mutations(tmp_path: Path) -> None:
 
 
 def test_config_files_with_wrong_types(tmp_path: Path) -> None:
-    from lifelong.config import make_config
+    from lifelong.experiment.settings import make_config
 
     for text in [
         "epochs: [1, 2]\n",

@@ -6,8 +6,8 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from lifelong import LifelongError, build_benchmark, build_model, build_strategies
-from lifelong.learner import MASKED_LOGIT, Learner
-from lifelong.stream import Stream, Task, concat_datasets, with_task_ids
+from lifelong.core.learner import MASKED_LOGIT, Learner
+from lifelong.core.stream import Stream, Task, concat_datasets, with_task_ids
 
 
 class PairsOnly(Dataset):

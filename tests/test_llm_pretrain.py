@@ -14,8 +14,8 @@ pytest.importorskip("datasets")
 import typer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lifelong.cli_llm import perplexity as perplexity_command
-from lifelong.cli_llm import pretrain as pretrain_command
+from lifelong.cli.llm import perplexity as perplexity_command
+from lifelong.cli.llm import pretrain as pretrain_command
 from lifelong.errors import LifelongError
 from lifelong.llm.data import load_corpus, pack
 from lifelong.llm.models import load_model, resolve_model_folder, vocab_size
@@ -76,7 +76,7 @@ def one_line(err: pytest.ExceptionInfo[LifelongError]) -> str:
 
 
 def cli(*argv: str) -> tuple[int, str]:
-    """The two commands mounted as `lifelong.cli` will mount them, run the way `lifelong.cli.main` runs them."""
+    """The two commands mounted as `lifelong.cli.app` will mount them, run the way `lifelong.cli.app.main` runs them."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(pretrain_command)
     app.command()(perplexity_command)

@@ -14,20 +14,12 @@ from torch.utils.data import TensorDataset
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from lifelong.benchmarks.text import (
-    BYTES_VOCAB,
-    PAD_ID,
-    encode,
-    minilm,
-    minilm_path,
-    pydoc_paragraphs,
-    split_pydoc,
-    tiny_bert,
-)
+from lifelong.core.learner import Learner
+from lifelong.core.stream import Stream, Task
+from lifelong.data.text import encode, pydoc_paragraphs, split_pydoc
 from lifelong.errors import LifelongError
-from lifelong.learner import Learner
+from lifelong.models.text import BYTES_VOCAB, PAD_ID, minilm, minilm_path, tiny_bert
 from lifelong.strategies.lora import LoRA, TaskAdapters, find_targets
-from lifelong.stream import Stream, Task
 
 
 def small_stream(scenario: str = "task") -> Stream:

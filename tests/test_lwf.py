@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lifelong.core.learner import Learner
+from lifelong.core.strategy import Batch
+from lifelong.core.stream import Scenario, Stream, split_by_classes
 from lifelong.errors import LifelongError
-from lifelong.learner import Learner
 from lifelong.strategies import LwF, build_strategies
-from lifelong.strategies.base import Batch
-from lifelong.stream import Scenario, Stream, split_by_classes
 
 
 def make_stream(scenario: Scenario) -> Stream:

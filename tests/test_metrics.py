@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lifelong.errors import LifelongError
-from lifelong.metrics import (
+from lifelong.core.metrics import (
     average_accuracy,
     average_incremental_accuracy,
     backward_transfer,
@@ -20,6 +19,7 @@ from lifelong.metrics import (
     forward_transfer_from_scratch,
     summarize,
 )
+from lifelong.errors import LifelongError
 
 # Accuracy (higher is better). R[i][j] = accuracy on task j after training task i.
 # R[1][0] = 0.95 > R[0][0] so forgetting must use the best earlier score, not the diagonal;

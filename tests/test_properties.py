@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifelong import metrics
+from lifelong.core import metrics
 
 scores = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, width=32)
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from lifelong.config import RunConfig
+from lifelong.core.learner import Learner
+from lifelong.core.strategy import Batch
+from lifelong.core.stream import Stream, Task
 from lifelong.errors import LifelongError
-from lifelong.experiment import build_stream, run_strategy
-from lifelong.learner import Learner
+from lifelong.experiment.run import build_stream, run_strategy
+from lifelong.experiment.settings import RunConfig
 from lifelong.strategies import Replay, build_strategies
-from lifelong.strategies.base import Batch
 from lifelong.strategies.replay import Policy, ReplayBuffer
-from lifelong.stream import Stream, Task
 
 
 def stream_of_ids(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from lifelong import metrics
-from lifelong.config import RunConfig
+from lifelong.core import metrics
 from lifelong.errors import LifelongError
-from lifelong.experiment import run_experiment
+from lifelong.experiment.run import run_experiment
+from lifelong.experiment.settings import RunConfig
 from lifelong.report import PLOTS_DIR, per_task_forgetting, report_runs, write_report, write_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

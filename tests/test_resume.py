@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.checkpoint import MANIFEST_FILE, TENSORS_FILE, latest_checkpoint, sha256_file
-from lifelong.experiment import strategy_dir
+from lifelong.core.checkpoint import MANIFEST_FILE, TENSORS_FILE, latest_checkpoint, sha256_file
+from lifelong.experiment.run import strategy_dir
 
 SLOW = ["--epochs", "6", "--batch-size", "8", "--lr", "0.01", "--seed", "1", "--no-progress"]
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from lifelong.core.learner import Learner
+from lifelong.core.stream import Stream, split_by_classes
 from lifelong.errors import LifelongError
-from lifelong.learner import Learner
 from lifelong.strategies import MAS, SI, build_strategies
-from lifelong.stream import Stream, split_by_classes
 
 A = torch.tensor([1.0, 4.0, 0.25])  # curvatures
 TARGET = torch.tensor([1.0, -2.0, 3.0])

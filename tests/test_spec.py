@@ -5,7 +5,7 @@ from typing import Literal
 import pytest
 
 from lifelong import LifelongError
-from lifelong.spec import Spec, bind, parse_composition, parse_spec, spec_from_mapping
+from lifelong.core.spec import Spec, bind, parse_composition, parse_spec, spec_from_mapping
 
 
 def make(size: int = 10, rate: float = 0.5, flag: bool = False, kind: Literal["a", "b"] = "a", note=None):

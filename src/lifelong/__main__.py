@@ -1,3 +1,3 @@
-from lifelong.cli import main
+from lifelong.cli.app import main
 
 main()

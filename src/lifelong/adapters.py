@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import torch
 import torch.nn.functional as F
 
-from lifelong.checkpoint import atomic_write_json, sha256_file
+from lifelong.core.checkpoint import atomic_write_json, sha256_file
 from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:

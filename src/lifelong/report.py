@@ -27,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lifelong.checkpoint import atomic_write_bytes, atomic_write_json
+from lifelong.core.checkpoint import atomic_write_bytes, atomic_write_json
 from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def _view(document: Any, source: str) -> _View:
         scores = result.get("metrics")
         if not isinstance(scores, dict):
             # A document written by hand or by another tool may leave the metrics out: derive them.
-            from lifelong.metrics import summarize
+            from lifelong.core.metrics import summarize
 
             if np.isnan(matrix).any():
                 raise LifelongError(f"{where} has no 'metrics' and gaps in its accuracy matrix; {fix}")
@@ -501,7 +501,7 @@ def per_task_forgetting(
 ) -> list[float]:
     """Forgetting of each task: best earlier score minus final score; 0 for the last task.
 
-    The per-task terms whose mean is `lifelong.metrics.forgetting`; for lower-is-better scores it is
+    The per-task terms whose mean is `lifelong.core.metrics.forgetting`; for lower-is-better scores it is
     final minus best (lowest) earlier score, so a positive value always means "got worse". NaN where
     a score is missing.
     """
@@ -603,7 +603,7 @@ def _best(view: _View, key: str) -> float | None:
     if len(view.entries) < 2 or not present:
         return None
     # forgetting and time: lower wins; BWT and FWT are signed so that higher wins for either score
-    # direction (see lifelong.metrics); average scores follow the score's direction.
+    # direction (see lifelong.core.metrics); average scores follow the score's direction.
     lower_wins = key in ("forgetting", "train_seconds") or (
         key.startswith("average") and not view.higher_is_better
     )

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lifelong.distributed import all_reduce_sum, group_rank, is_main_process, shutdown
+from lifelong.core.distributed import all_reduce_sum, group_rank, is_main_process, shutdown
 from lifelong.llm.perplexity import token_nll
 from lifelong.llm.pretrain import TrainSettings, continual_pretrain
 

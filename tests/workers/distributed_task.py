@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from lifelong import Learner, build_benchmark, build_model
-from lifelong.distributed import Processes, shutdown
+from lifelong.core.distributed import Processes, shutdown
 from lifelong.strategies.ewc import EWC
 
 

@@ -18,8 +18,9 @@ single-corpus ``perplexity`` function lives in `lifelong.llm.perplexity` (the mo
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lifelong.core.exports import lazy_getattr
 
 if TYPE_CHECKING:
     from lifelong.llm.callbacks import ForgettingCallback
@@ -88,10 +89,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'lifelong.llm' has no attribute {name!r}")
-    module = importlib.import_module(f"lifelong.llm.{_WHERE[name]}")
-    value = getattr(module, name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, {name: f"lifelong.llm.{module}" for name, module in _WHERE.items()})

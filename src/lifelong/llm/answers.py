@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from lifelong.errors import LifelongError
 from lifelong.llm.instruct import IGNORE, Example, pad_batch
-from lifelong.llm.models import offline
+from lifelong.models.hf import offline
 from lifelong.strategies.anchors import eval_mode
 
 Metric = Callable[[str, str], float]

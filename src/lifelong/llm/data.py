@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
+from lifelong.data.text import pydoc_paragraphs
 from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
@@ -256,7 +257,6 @@ def builtin_corpus(name: str) -> Corpus:
 
 @lru_cache(maxsize=1)
 def _prose_documents() -> tuple[str, ...]:
-    from lifelong.benchmarks.text import pydoc_paragraphs
 
     return tuple(p for paragraphs in pydoc_paragraphs().values() for p in paragraphs)
 

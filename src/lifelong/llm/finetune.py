@@ -268,7 +268,7 @@ def finetune(
     """
     from rich.console import Console
 
-    from lifelong.metrics import summarize
+    from lifelong.core.metrics import summarize
     from lifelong.report import versions, write_results
 
     console = console or Console()

@@ -10,19 +10,19 @@ Nothing is ever downloaded: every load is ``local_files_only`` with the Hub swit
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from lifelong.core.spec import bind, parse_spec
 from lifelong.errors import LifelongError
-from lifelong.spec import bind, parse_spec
+from lifelong.models.hf import offline
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -36,28 +36,6 @@ _FORMAT = 1  # bump when the tiny-llama recipe changes, so old cached folders ar
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LIFELONG_CACHE") or Path.home() / ".cache" / "lifelong")
-
-
-@contextlib.contextmanager
-def offline() -> Iterator[None]:
-    """No network for anything under it, and no load reports or progress bars from transformers."""
-    saved = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-        if saved is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved
 
 
 # ---- tiny-llama ---------------------------------------------------------------------------------------

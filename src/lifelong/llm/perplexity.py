@@ -3,7 +3,7 @@
 The mean is over tokens, not over batches or blocks, so a corpus's perplexity does not depend on
 the evaluation batch size. Every next token of a block counts (instruction data's answer-only loss
 is `lifelong.llm.answers.answer_loss`). Lower is better;
-`lifelong.metrics.summarize(..., higher_is_better=False)` reads it.
+`lifelong.core.metrics.summarize(..., higher_is_better=False)` reads it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.distributed import all_reduce_sum, group_rank, group_size
+from lifelong.core.distributed import all_reduce_sum, group_rank, group_size
 from lifelong.errors import LifelongError
 from lifelong.llm.data import PackedCorpus, as_blocks
 

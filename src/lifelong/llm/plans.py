@@ -26,12 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lifelong.core.spec import Spec, parse_composition
 from lifelong.errors import LifelongError
 from lifelong.llm.answers import Prompt, generate_answers
 from lifelong.llm.data import check_replay_ratio, replay_blocks_needed
 from lifelong.llm.instruct import IGNORE, Example
 from lifelong.llm.trainer import llm_strategies
-from lifelong.spec import Spec, parse_composition
 from lifelong.strategies import LwF, Strategy, build_strategy
 
 DEFAULT_KEEP = 500  # prompts kept per earlier task for self-replay and lwf:prompts=earlier

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lifelong.checkpoint import atomic_write_json
-from lifelong.distributed import is_main_process
+from lifelong.core.checkpoint import atomic_write_json
+from lifelong.core.distributed import is_main_process
+from lifelong.core.spec import Spec, parse_composition
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.data import (
@@ -54,7 +55,6 @@ from lifelong.llm.models import (
 from lifelong.llm.perplexity import perplexities
 from lifelong.llm.schedules import SCHEDULES
 from lifelong.llm.trainer import FISHER_SEQUENCES, ContinualTrainer, causal_lm_fisher, llm_strategies
-from lifelong.spec import Spec, parse_composition
 from lifelong.strategies import EWC, Strategy, build_strategy
 
 if TYPE_CHECKING:
@@ -279,7 +279,7 @@ def continual_pretrain(
     the old ones, ``higher_is_better: false``). An EWC among ``strategies`` with nothing learned yet
     protects the replay corpus (Fisher measured on it before training).
     """
-    from lifelong.metrics import summarize
+    from lifelong.core.metrics import summarize
     from lifelong.report import versions, write_results
 
     started = time.perf_counter()
@@ -490,7 +490,7 @@ def run_pretrain(
     """
     from rich.console import Console
 
-    from lifelong.metrics import summarize
+    from lifelong.core.metrics import summarize
     from lifelong.report import versions, write_results
 
     console = console or Console()

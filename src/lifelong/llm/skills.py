@@ -26,9 +26,9 @@ import random
 import string
 from collections.abc import Callable
 
+from lifelong.core.spec import bind, parse_spec
 from lifelong.errors import LifelongError
 from lifelong.llm.instruct import InstructionTask, Record
-from lifelong.spec import bind, parse_spec
 
 SKILLS = "skills"
 SKILL_NAMES = ("upper", "reverse", "shift")  # the default stream, in order

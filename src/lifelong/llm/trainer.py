@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
 
-from lifelong.distributed import group_rank, group_size, sum_over_processes
+from lifelong.core.distributed import group_rank, group_size, sum_over_processes
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.data import PackedCorpus, as_blocks

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lifelong.core.spec import Spec, bind, describe_options, parse_composition
+from lifelong.core.strategy import Batch, Strategy
 from lifelong.errors import LifelongError
-from lifelong.spec import Spec, bind, describe_options, parse_composition
 from lifelong.strategies.agem import AGEM
-from lifelong.strategies.base import Batch, Strategy
 from lifelong.strategies.derpp import DERPP
 from lifelong.strategies.ewc import EWC
 from lifelong.strategies.joint import Joint

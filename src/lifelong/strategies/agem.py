@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lifelong.distributed import all_reduce_sum, group_size, local_share
+from lifelong.core.distributed import all_reduce_sum, group_size, local_share
+from lifelong.core.strategy import Strategy
+from lifelong.core.stream import with_task_ids
 from lifelong.errors import LifelongError
-from lifelong.strategies.base import Strategy
 from lifelong.strategies.replay import Policy, ReplayBuffer
-from lifelong.stream import with_task_ids
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.stream import Task
 
 
 class AGEM(Strategy):

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from lifelong.core.strategy import Strategy
 from lifelong.errors import LifelongError
-from lifelong.strategies.base import Strategy
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
-    from lifelong.strategies.base import Batch
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.strategy import Batch
+    from lifelong.core.stream import Task
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, task_ids) -> logits
 Tensors = dict[str, torch.Tensor]

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from lifelong.distributed import local_share
+from lifelong.core.distributed import local_share
+from lifelong.core.strategy import Batch, Strategy
 from lifelong.errors import LifelongError
-from lifelong.strategies.base import Batch, Strategy
 from lifelong.strategies.replay import ReplayBuffer
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
+    from lifelong.core.learner import Learner
 
 
 class DERPP(Strategy):

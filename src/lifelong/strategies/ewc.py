@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 import torch
 from torch import nn
 
-from lifelong.distributed import sum_over_processes
+from lifelong.core.distributed import sum_over_processes
 from lifelong.errors import LifelongError
 from lifelong.strategies.anchors import (
     Anchored,
@@ -43,8 +43,8 @@ from lifelong.strategies.anchors import (
 )
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.stream import Task
 
 FisherKind = Literal["empirical", "exact", "sampled"]
 Mode = Literal["classic", "online"]

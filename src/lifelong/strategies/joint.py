@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lifelong.strategies.base import Strategy
-from lifelong.stream import concat_datasets, with_task_ids
+from lifelong.core.strategy import Strategy
+from lifelong.core.stream import concat_datasets, with_task_ids
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.stream import Task
 
 
 class Joint(Strategy):

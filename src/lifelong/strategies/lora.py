@@ -29,17 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.core.strategy import MASKED_LOGIT, Strategy
 from lifelong.errors import LifelongError
-from lifelong.strategies.base import Strategy
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
 
-    from lifelong.learner import Learner
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.stream import Task
 
 Route = Literal["auto", "task", "prototype", "confidence"]
-MASKED_LOGIT = -1e4  # the Learner's value for classes a sample may not take
 
 
 def adapter_name(index: int) -> str:

@@ -19,16 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.core.strategy import MASKED_LOGIT, Batch, Strategy
 from lifelong.errors import LifelongError
-from lifelong.strategies.base import Batch, Strategy
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.stream import Task
 
-# Logits left out of a softmax get this finite value: exp underflows to exactly 0, so a left-out class
-# has probability 0 on both sides and adds 0 (never NaN, as -inf would) to the KL.
-_LEFT_OUT = -1e4
 _PREFIX = "teacher."
 
 
@@ -63,8 +60,8 @@ class LwF(Strategy):
         """
         if mask is not None:
             heads = ~mask.view(-1, mask.shape[-1])  # [H, C], True where left out
-            new_logits = new_logits.unsqueeze(1).masked_fill(heads, _LEFT_OUT)
-            old_logits = old_logits.unsqueeze(1).masked_fill(heads, _LEFT_OUT)
+            new_logits = new_logits.unsqueeze(1).masked_fill(heads, MASKED_LOGIT)
+            old_logits = old_logits.unsqueeze(1).masked_fill(heads, MASKED_LOGIT)
         log_q = F.log_softmax(new_logits / temperature, dim=-1)
         log_p = F.log_softmax(old_logits.detach() / temperature, dim=-1)
         return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / new_logits.shape[0]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from lifelong.distributed import sum_over_processes
+from lifelong.core.distributed import sum_over_processes
 from lifelong.errors import LifelongError
 from lifelong.strategies.anchors import (
     Forward,
@@ -29,8 +29,8 @@ from lifelong.strategies.anchors import (
 )
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.stream import Task
 
 
 def _squared_norm(logits: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lifelong.strategies.base import Strategy
+from lifelong.core.strategy import Strategy
 
 
 class Naive(Strategy):

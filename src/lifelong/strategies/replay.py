@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from lifelong.distributed import local_share
+from lifelong.core.distributed import local_share
+from lifelong.core.strategy import Batch, Strategy
 from lifelong.errors import LifelongError
-from lifelong.strategies.base import Batch, Strategy
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.stream import Task
 
 Policy = Literal["reservoir", "class-balanced"]
 POLICIES: tuple[str, ...] = ("reservoir", "class-balanced")

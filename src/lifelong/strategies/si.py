@@ -16,8 +16,8 @@ from lifelong.errors import LifelongError
 from lifelong.strategies.anchors import SummedImportance, select_parameters, snapshot
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.stream import Task
 
 
 class SI(SummedImportance):

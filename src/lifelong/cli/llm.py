@@ -1,6 +1,6 @@
 """The language-model commands: ``lifelong pretrain``, ``lifelong finetune`` and ``lifelong perplexity``.
 
-Plain functions with Typer annotations, mounted on the main app in `lifelong.cli`. Heavy imports
+Plain functions with Typer annotations, mounted on the main app in `lifelong.cli.app`. Heavy imports
 (transformers, datasets) happen inside them, so ``lifelong --help`` stays fast.
 """
 

@@ -24,17 +24,17 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lifelong import metrics
-from lifelong.benchmarks import build_benchmark
-from lifelong.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
-from lifelong.config import RunConfig, make_config
-from lifelong.distributed import Processes
+from lifelong.core import metrics
+from lifelong.core.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
+from lifelong.core.distributed import Processes
+from lifelong.core.learner import FitResult, Learner
+from lifelong.core.stream import Stream
+from lifelong.data import build_benchmark
 from lifelong.errors import LifelongError
-from lifelong.learner import FitResult, Learner
+from lifelong.experiment.settings import RunConfig, make_config
 from lifelong.models import build_model
 from lifelong.report import print_results, versions, write_report, write_results
 from lifelong.strategies import REGISTRY, build_strategies
-from lifelong.stream import Stream
 
 RUN_FILE, RESULTS_FILE, METRICS_LOG = "run.json", "results.json", "metrics.jsonl"
 OWNED = (
@@ -61,7 +61,7 @@ def default_strategies() -> list[str]:
 
 def build_stream(config: RunConfig) -> Stream:
     if config.data:
-        from lifelong.benchmarks.files import load_user_stream
+        from lifelong.data.files import load_user_stream
 
         return load_user_stream(
             Path(config.data),

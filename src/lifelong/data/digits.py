@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lifelong.core.stream import Scenario, Stream, permuted, split_by_classes
 from lifelong.errors import LifelongError
-from lifelong.stream import Scenario, Stream, permuted, split_by_classes
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:

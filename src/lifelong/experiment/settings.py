@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifelong.distributed import PRECISIONS
+from lifelong.core.distributed import PRECISIONS
+from lifelong.core.learner import OPTIMIZERS
+from lifelong.core.stream import SCENARIOS
 from lifelong.errors import LifelongError
-from lifelong.learner import OPTIMIZERS
-from lifelong.stream import SCENARIOS
 
 
 @dataclass
@@ -132,7 +132,7 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
 def _normalise_strategies(value: Any, path: Path) -> list[str]:
     """YAML strategies: a string, or a list whose items are strings, mappings with ``name``, or lists
     of those (a composition)."""
-    from lifelong.spec import spec_from_mapping
+    from lifelong.core.spec import spec_from_mapping
 
     items = value if isinstance(value, list) else [value]
     out = []

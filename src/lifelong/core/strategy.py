@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 if TYPE_CHECKING:
-    from lifelong.learner import Learner
-    from lifelong.stream import Task
+    from lifelong.core.learner import Learner
+    from lifelong.core.stream import Task
+
+# Logits of classes a sample may not take (task-incremental masking): a large finite value, not
+# -inf, so softmax-based penalties (KL) stay finite.
+MASKED_LOGIT = -1e4
 
 
 @dataclass

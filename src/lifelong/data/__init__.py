@@ -10,12 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lifelong.benchmarks.digits import permuted_digits, split_digits
-from lifelong.benchmarks.mnist1d import permuted_mnist1d, split_mnist1d
-from lifelong.benchmarks.text import split_pydoc
+from lifelong.core.spec import Spec, bind, describe_options, parse_spec
+from lifelong.core.stream import Stream
+from lifelong.data.digits import permuted_digits, split_digits
+from lifelong.data.mnist1d import permuted_mnist1d, split_mnist1d
+from lifelong.data.text import split_pydoc
 from lifelong.errors import LifelongError
-from lifelong.spec import Spec, bind, describe_options, parse_spec
-from lifelong.stream import Stream
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lifelong.checkpoint import flatten_state, unflatten_state
-from lifelong.distributed import Processes, all_reduce_sum
-from lifelong.distributed import resolve_device as resolve_device
+from lifelong.core.checkpoint import flatten_state, unflatten_state
+from lifelong.core.distributed import Processes, all_reduce_sum
+from lifelong.core.distributed import resolve_device as resolve_device
+from lifelong.core.strategy import MASKED_LOGIT, Batch, Strategy
+from lifelong.core.stream import with_task_ids
 from lifelong.errors import LifelongError
-from lifelong.strategies.base import Batch, Strategy
-from lifelong.stream import with_task_ids
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from lifelong.stream import Stream, Task
+    from lifelong.core.stream import Stream, Task
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -37,8 +37,6 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
 }
-# Masked logits get a large finite value, not -inf, so softmax-based penalties (KL) stay finite.
-MASKED_LOGIT = -1e4
 
 
 @dataclass

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, split_train_test
 from lifelong.errors import LifelongError
-from lifelong.stream import SCENARIOS, Scenario, Stream, Task, split_train_test
 
 READERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 _SUPPORTED = ", ".join(READERS)

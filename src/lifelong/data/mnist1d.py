@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lifelong.core.stream import Scenario, Stream, permuted, split_by_classes
 from lifelong.errors import LifelongError
-from lifelong.stream import Scenario, Stream, permuted, split_by_classes
 
 GENERATOR_SEED = 42  # mnist1d's own default: the canonical MNIST-1D templates and noise
 _CACHE_VERSION = 1  # bump when the cached layout or the preprocessing changes

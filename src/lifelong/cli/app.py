@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lifelong import cli_llm
-from lifelong.cli_adapters import adapters_app
-from lifelong.distributed import is_main_process
+from lifelong.cli import llm as cli_llm
+from lifelong.cli.adapters import adapters_app
+from lifelong.core.distributed import is_main_process
 from lifelong.errors import LifelongError
 
 app = typer.Typer(
@@ -89,9 +89,9 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
-    from lifelong.config import load_yaml_config, make_config
-    from lifelong.distributed import launch, shutdown, without_option, world_size
-    from lifelong.experiment import run_experiment
+    from lifelong.core.distributed import launch, shutdown, without_option, world_size
+    from lifelong.experiment.run import run_experiment
+    from lifelong.experiment.settings import load_yaml_config, make_config
 
     if threads is not None:
         if threads < 1:
@@ -157,7 +157,7 @@ def report(
 @app.command()
 def benchmarks() -> None:
     """List the built-in streams (no download needed) with their options."""
-    from lifelong.benchmarks import BENCHMARKS
+    from lifelong.data import BENCHMARKS
 
     table = Table(title="built-in benchmarks")
     for column in ("name", "description", "options"):

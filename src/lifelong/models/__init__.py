@@ -7,9 +7,9 @@ from math import prod
 
 from torch import nn
 
-from lifelong.benchmarks.text import minilm, tiny_bert
+from lifelong.core.spec import Spec, bind, describe_options, parse_spec
 from lifelong.errors import LifelongError
-from lifelong.spec import Spec, bind, describe_options, parse_spec
+from lifelong.models.text import minilm, tiny_bert
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 256, depth: int = 2) -> nn.Module:
