@@ -30,6 +30,7 @@ from lifelong.core.distributed import Processes
 from lifelong.core.learner import FitResult, Learner
 from lifelong.core.stream import Stream
 from lifelong.data import build_benchmark
+from lifelong.data.files import load_user_stream
 from lifelong.errors import LifelongError
 from lifelong.experiment.settings import RunConfig, make_config
 from lifelong.models import build_model
@@ -61,8 +62,6 @@ def default_strategies() -> list[str]:
 
 def build_stream(config: RunConfig) -> Stream:
     if config.data:
-        from lifelong.data.files import load_user_stream
-
         return load_user_stream(
             Path(config.data),
             label_column=config.label_column,

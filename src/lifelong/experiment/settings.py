@@ -9,6 +9,7 @@ from typing import Any
 
 from lifelong.core.distributed import PRECISIONS
 from lifelong.core.learner import OPTIMIZERS
+from lifelong.core.spec import spec_from_mapping
 from lifelong.core.stream import SCENARIOS
 from lifelong.errors import LifelongError
 
@@ -132,8 +133,6 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
 def _normalise_strategies(value: Any, path: Path) -> list[str]:
     """YAML strategies: a string, or a list whose items are strings, mappings with ``name``, or lists
     of those (a composition)."""
-    from lifelong.core.spec import spec_from_mapping
-
     items = value if isinstance(value, list) else [value]
     out = []
     for item in items:

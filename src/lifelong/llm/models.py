@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from lifelong.core.spec import bind, parse_spec
 from lifelong.errors import LifelongError
+from lifelong.llm.data import BUILTIN_CORPORA, builtin_corpus, split_documents
 from lifelong.models.hf import offline
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ def train_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerBase:
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from lifelong.llm.data import BUILTIN_CORPORA, builtin_corpus, split_documents
 
     if vocab_size < 300:
         raise LifelongError(f"tiny-llama vocab must be at least 300 (256 bytes + merges), got {vocab_size}")

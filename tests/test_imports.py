@@ -1,0 +1,73 @@
+"""The classic path stays light: `lifelong run` loads no LLM or plotting library before it needs one.
+
+Each check runs the real entry point in a fresh interpreter, since this test process has long since
+imported everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("transformers", "peft", "datasets", "accelerate", "matplotlib")
+
+# Runs `lifelong` with the given arguments; prints which heavy packages were loaded at the end, and
+# (for a run) which were loaded when the report started: matplotlib is needed there, not before.
+PROBE = """
+import json, sys
+heavy = {heavy!r}
+loaded = lambda: sorted(name for name in heavy if name in sys.modules)
+seen = {{}}
+import lifelong.experiment.run as run
+original = run.write_report
+def write_report(*args, **kwargs):
+    seen["before_report"] = loaded()
+    return original(*args, **kwargs)
+run.write_report = write_report
+from lifelong.cli import main
+sys.argv = ["lifelong", *{args!r}]
+try:
+    main()
+except SystemExit as exit_:
+    seen["exit"] = exit_.code or 0
+seen["at_exit"] = loaded()
+print("PROBE " + json.dumps(seen))
+"""
+
+
+def probe(*args: str, cwd: Path) -> dict[str, object]:
+    code = PROBE.format(heavy=HEAVY, args=list(args))
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=600, check=False
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("PROBE ")), None)
+    assert line is not None, done.stdout + done.stderr
+    found: dict[str, object] = json.loads(line.removeprefix("PROBE "))
+    return found
+
+
+def test_help_loads_no_heavy_library(tmp_path: Path) -> None:
+    seen = probe("run", "--help", cwd=tmp_path)
+    assert seen["exit"] == 0
+    assert seen["at_exit"] == []
+
+
+@pytest.mark.parametrize("command", [("--help",), ("strategies",), ("benchmarks",)])
+def test_listing_commands_load_no_heavy_library(tmp_path: Path, command: tuple[str, ...]) -> None:
+    seen = probe(*command, cwd=tmp_path)
+    assert seen["exit"] == 0
+    assert seen["at_exit"] == []
+
+
+def test_split_digits_run_loads_matplotlib_only_for_its_report(tmp_path: Path) -> None:
+    seen = probe(
+        "run", "-s", "naive", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run"), cwd=tmp_path
+    )
+    assert seen["exit"] == 0
+    assert seen["before_report"] == []  # training and scoring: none of them
+    assert seen["at_exit"] == ["matplotlib"]  # the report's plots, and nothing else
+    assert (tmp_path / "run" / "report.html").is_file()
