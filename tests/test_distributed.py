@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from lifelong import Learner, build_benchmark, build_model
 from lifelong.core.checkpoint import MANIFEST_FILE, latest_checkpoint
 from lifelong.core.distributed import local_share, without_option
-from lifelong.experiment.run import strategy_dir
+from lifelong.runs.folder import strategy_dir
 from lifelong.strategies.ewc import EWC
 
 WORKERS = Path(__file__).parent / "workers"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lifelong.core.checkpoint import MANIFEST_FILE, TENSORS_FILE, latest_checkpoint, sha256_file
-from lifelong.experiment.run import strategy_dir
+from lifelong.runs.folder import strategy_dir
 
 SLOW = ["--epochs", "6", "--batch-size", "8", "--lr", "0.01", "--seed", "1", "--no-progress"]
 
@@ -107,7 +107,7 @@ def test_pickle_payload_in_place_of_a_checkpoint_is_never_executed(cli, tmp_path
 def test_checkpoint_from_another_config_is_refused(cli, tmp_path: Path) -> None:
     out, _ = finished_checkpoint(cli, tmp_path)
     run = json.loads((out / "run.json").read_text())
-    run["config"]["lr"] = 0.5
+    run["settings"]["config"]["lr"] = 0.5
     (out / "run.json").write_text(json.dumps(run))
     code, _, err = cli("run", "--resume", str(out), "--no-progress")
     assert code == 2 and "different config" in err

@@ -1,0 +1,63 @@
+"""The run-folder rules every training command shares: nothing deleted that the run cannot prove it
+wrote, one run per folder at a time, and `--resume` only into a run of the same command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lifelong.errors import LifelongError
+from lifelong.runs.folder import RESULTS_FILE, RUN_FILE, RunFolder
+
+
+def test_a_folder_with_files_no_run_wrote_is_refused_and_kept(cli, tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "checkpoints" / "model_epoch99.pt").write_text("w")
+    (tmp_path / "report.md").write_text("mine")
+    code, _, err = cli("run", "--epochs", "1", "-s", "naive", "--no-progress", "--out", str(tmp_path))
+    assert code == 2 and "holds no lifelong run" in err
+    assert (tmp_path / "checkpoints" / "model_epoch99.pt").read_text() == "w"
+    assert (tmp_path / "report.md").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "plots", "report.md"]
+
+
+def test_overwrite_replaces_only_the_files_the_run_named(tmp_path: Path) -> None:
+    first = RunFolder.create(tmp_path, "run", {"a": 1})
+    (tmp_path / RESULTS_FILE).write_text("{}")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "notes.txt").write_text("the user's own")
+    first.release()
+    with pytest.raises(LifelongError, match="already holds a finished run"):
+        RunFolder.create(tmp_path, "run", {"a": 2})
+    second = RunFolder.create(tmp_path, "run", {"a": 2}, overwrite=True)
+    assert not (tmp_path / RESULTS_FILE).exists() and not (tmp_path / "plots").exists()
+    assert (tmp_path / "notes.txt").read_text() == "the user's own"
+    assert json.loads((tmp_path / RUN_FILE).read_text())["settings"] == {"a": 2}
+    second.release()
+
+
+def test_a_folder_is_locked_while_a_run_holds_it(tmp_path: Path) -> None:
+    holder = RunFolder.create(tmp_path / "run", "run", {})
+    with pytest.raises(LifelongError, match="in use by a run of process"):
+        RunFolder.resume(tmp_path / "run", "run")
+    holder.release()
+    RunFolder.resume(tmp_path / "run", "run").release()
+
+
+def test_resume_and_overwrite_keep_to_their_own_command(tmp_path: Path) -> None:
+    RunFolder.create(tmp_path, "pretrain", {}).release()
+    with pytest.raises(LifelongError, match="holds a 'lifelong pretrain' run"):
+        RunFolder.resume(tmp_path, "finetune")
+    with pytest.raises(LifelongError, match="holds a 'lifelong pretrain' run"):
+        RunFolder.create(tmp_path, "run", {}, overwrite=True)
+
+
+def test_abandon_removes_only_a_folder_it_created_with_no_finished_task(tmp_path: Path) -> None:
+    created = RunFolder.create(tmp_path / "new", "run", {})
+    assert created.abandon() and not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    reused = RunFolder.create(tmp_path / "old", "run", {})
+    assert not reused.abandon() and (tmp_path / "old" / RUN_FILE).is_file()
