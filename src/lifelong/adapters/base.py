@@ -1,0 +1,88 @@
+"""The frozen base model under the adapters: which kind it is, and loading it offline from a folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import torch
+
+from lifelong.adapters.peft_calls import freeze
+from lifelong.errors import LifelongError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+ModelKind = Literal["causal-lm", "classification"]
+
+
+def model_kind_of(architecture: str) -> ModelKind | None:
+    if architecture.endswith("ForSequenceClassification"):
+        return "classification"
+    if architecture.endswith(("ForCausalLM", "LMHeadModel")):
+        return "causal-lm"
+    return None
+
+
+def check_kind(architecture: str, kind: ModelKind | None) -> ModelKind:
+    """``kind`` if given, else the kind ``architecture`` names, refusing a model of neither kind."""
+    found = kind or model_kind_of(architecture)
+    if found not in ("causal-lm", "classification"):
+        raise LifelongError(
+            f"base model is a {architecture}; AdapterLibrary needs a causal LM (...ForCausalLM) or a sequence "
+            "classifier (...ForSequenceClassification); for a bare encoder pass kind='classification', num_labels=N"
+        )
+    return found
+
+
+def choose_device(device: str | torch.device | None, model: PreTrainedModel | None) -> torch.device:
+    """``device`` if given, else where a built ``model`` already is, else CUDA when there is one."""
+    if device is not None:
+        return torch.device(device)
+    if model is not None:
+        return next(model.parameters()).device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def read_base_config(path: Path, num_labels: int | None) -> PretrainedConfig:
+    from transformers import AutoConfig
+
+    if not (path / "config.json").is_file():
+        raise LifelongError(
+            f"base model folder {path} has no config.json; give a saved Hugging Face model folder"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder must never reach for the network
+    extra = {"num_labels": num_labels} if num_labels else {}
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True, **extra)
+    except (OSError, ValueError) as err:
+        raise LifelongError(f"cannot read the config of base model {path}: {err}") from None
+
+
+def load_base_model(path: Path, config: PretrainedConfig, kind: ModelKind) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
+    try:
+        return auto.from_pretrained(str(path), config=config, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise LifelongError(f"cannot load base model {path}: {err}") from None
+
+
+def prepare_base(model: PreTrainedModel, device: torch.device) -> None:
+    cast(torch.nn.Module, model).to(device)
+    freeze(model)  # the base is frozen for good; only adapters ever train
+    model.eval()
+
+
+def folder_tokenizer(path: Path) -> Any:
+    """The tokenizer saved in a base model folder, or None when it has none that loads."""
+    from transformers import AutoTokenizer
+
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError):
+        return None
