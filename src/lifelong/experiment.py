@@ -32,7 +32,8 @@ from lifelong.distributed import Processes
 from lifelong.errors import LifelongError
 from lifelong.learner import FitResult, Learner
 from lifelong.models import build_model
-from lifelong.report import print_results, versions, write_report, write_results
+from lifelong.report import print_results, write_report
+from lifelong.runs.results import results_document, write_results
 from lifelong.strategies import REGISTRY, build_strategies
 from lifelong.stream import Stream
 
@@ -311,16 +312,15 @@ def run_experiment(
                     run_strategy(config, stream, composition, progress, folder, fingerprint, processes)
                 )
                 progress.advance(overall)
-        document = {
-            "benchmark": stream.name,
-            "scenario": stream.scenario,
-            "tasks": [task.name for task in stream],
-            "config": {**config.to_json(), "strategies": compositions, "out": str(run_dir)},
-            "processes": processes.world,
-            "versions": versions(),
-            "wall_seconds": round(time.perf_counter() - started, 3),
-            "results": results,
-        }
+        document = results_document(
+            benchmark=stream.name,
+            scenario=stream.scenario,
+            tasks=[task.name for task in stream],
+            config={**config.to_json(), "strategies": compositions, "out": str(run_dir)},
+            processes=processes.world,
+            wall_seconds=time.perf_counter() - started,
+            results=results,
+        )
         if not processes.is_main:
             return document
         write_results(run_dir, document)

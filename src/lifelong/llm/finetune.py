@@ -73,6 +73,7 @@ from lifelong.llm.pretrain import (
 )
 from lifelong.llm.skills import is_skills, parse_skills
 from lifelong.llm.trainer import ContinualTrainer
+from lifelong.runs.results import results_document, write_results
 from lifelong.strategies import EWC, Strategy
 
 if TYPE_CHECKING:
@@ -269,7 +270,6 @@ def finetune(
     from rich.console import Console
 
     from lifelong.metrics import summarize
-    from lifelong.report import versions, write_results
 
     console = console or Console()
     started = time.perf_counter()
@@ -340,13 +340,13 @@ def finetune(
                 record["loss_matrix"], names, higher_is_better=False, initial_scores=record["initial_loss"]
             )
             record["eval_seconds"] = round(record["eval_seconds"] + eval_seconds, 4)
-        document = {
-            "benchmark": "finetune:" + ",".join(names),
-            "scenario": "task",
-            "tasks": names,
-            "higher_is_better": answered,
-            "score_name": metric_name if answered else "answer loss",
-            "config": {
+        document = results_document(
+            benchmark="finetune:" + ",".join(names),
+            scenario="task",
+            tasks=names,
+            higher_is_better=answered,
+            score_name=metric_name if answered else "answer loss",
+            config={
                 **{k: v for k, v in vars(settings).items()},
                 "model": str(model),
                 "data": [t.origin for t in named],
@@ -359,10 +359,9 @@ def finetune(
                 "shared_first_task": shared is not None,
                 "out": str(run_dir),
             },
-            "versions": versions(),
-            "wall_seconds": round(time.perf_counter() - started, 3),
-            "results": results,
-        }
+            wall_seconds=time.perf_counter() - started,
+            results=results,
+        )
         write_results(run_dir, document)
     except BaseException:
         if created:
