@@ -21,7 +21,8 @@ from lifelong.core import metrics
 from lifelong.errors import LifelongError
 from lifelong.experiment.run import run_experiment
 from lifelong.experiment.settings import RunConfig
-from lifelong.report import PLOTS_DIR, per_task_forgetting, report_runs, write_report, write_results
+from lifelong.report import PLOTS_DIR, per_task_forgetting, report_runs, write_report
+from lifelong.runs.results import write_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMG_RE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -226,6 +227,13 @@ def finished_run(folder: Path, document: dict[str, Any]) -> Path:
     return folder
 
 
+def damaged_run(folder: Path, document: dict[str, Any]) -> Path:
+    """A run folder whose results.json was edited by hand: `write_results` would refuse to write it."""
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(document), encoding="utf-8")
+    return folder
+
+
 def test_combine_two_runs(tmp_path: Path) -> None:
     first = finished_run(tmp_path / "first", synthetic(["naive", "replay"], seed=1))
     second = finished_run(tmp_path / "second", synthetic(["naive", "ewc"], seed=2))
@@ -315,7 +323,7 @@ def test_missing_and_corrupt_results(tmp_path: Path) -> None:
 def test_malformed_documents(tmp_path: Path, change: Any, phrase: str) -> None:
     document = synthetic(["a", "b"])
     change(document)
-    run_dir = finished_run(tmp_path / "run", document)
+    run_dir = damaged_run(tmp_path / "run", document)
     message = one_line_error([run_dir])
     assert phrase in message and str(run_dir / "results.json") in message
     with pytest.raises(LifelongError, match=phrase):

@@ -31,9 +31,10 @@ from lifelong.data.files import load_user_stream
 from lifelong.errors import LifelongError
 from lifelong.experiment.settings import RunConfig, make_config
 from lifelong.models import build_model
-from lifelong.report import print_results, versions, write_report, write_results
+from lifelong.report import print_results, write_report
 from lifelong.runs.callbacks import TaskLog, commit_task
 from lifelong.runs.folder import RESULTS_FILE, RUN_FILE, RunFolder, default_out, keep_only
+from lifelong.runs.results import results_document, write_results
 from lifelong.strategies import REGISTRY, build_strategies
 
 COMMAND = "run"
@@ -267,16 +268,15 @@ def run_experiment(
                     run_strategy(config, stream, composition, progress, folder, index, processes, fingerprint)
                 )
                 progress.advance(overall)
-        document = {
-            "benchmark": stream.name,
-            "scenario": stream.scenario,
-            "tasks": [task.name for task in stream],
-            "config": {**config.to_json(), "strategies": compositions, "out": str(folder.path)},
-            "processes": processes.world,
-            "versions": versions(),
-            "wall_seconds": round(time.perf_counter() - started, 3),
-            "results": results,
-        }
+        document = results_document(
+            benchmark=stream.name,
+            scenario=stream.scenario,
+            tasks=[task.name for task in stream],
+            config={**config.to_json(), "strategies": compositions, "out": str(folder.path)},
+            processes=processes.world,
+            wall_seconds=time.perf_counter() - started,
+            results=results,
+        )
         if not processes.is_main:
             return document
         write_results(folder.path, document)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from lifelong.core.metrics import summarize
 from lifelong.errors import LifelongError
 from lifelong.llm.answers import Metric, Prompt, answer_loss, answer_prompts, generate_answers, resolve_metric
 from lifelong.llm.data import check_replay_ratio
@@ -73,6 +74,7 @@ from lifelong.llm.pretrain import (
 )
 from lifelong.llm.skills import is_skills, parse_skills
 from lifelong.llm.trainer import ContinualTrainer
+from lifelong.runs.results import results_document, write_results
 from lifelong.strategies import EWC, Strategy
 
 if TYPE_CHECKING:
@@ -268,9 +270,6 @@ def finetune(
     """
     from rich.console import Console
 
-    from lifelong.core.metrics import summarize
-    from lifelong.report import versions, write_results
-
     console = console or Console()
     started = time.perf_counter()
     ratio = check_replay_ratio(replay_ratio)
@@ -340,13 +339,13 @@ def finetune(
                 record["loss_matrix"], names, higher_is_better=False, initial_scores=record["initial_loss"]
             )
             record["eval_seconds"] = round(record["eval_seconds"] + eval_seconds, 4)
-        document = {
-            "benchmark": "finetune:" + ",".join(names),
-            "scenario": "task",
-            "tasks": names,
-            "higher_is_better": answered,
-            "score_name": metric_name if answered else "answer loss",
-            "config": {
+        document = results_document(
+            benchmark="finetune:" + ",".join(names),
+            scenario="task",
+            tasks=names,
+            higher_is_better=answered,
+            score_name=metric_name if answered else "answer loss",
+            config={
                 **{k: v for k, v in vars(settings).items()},
                 "model": str(model),
                 "data": [t.origin for t in named],
@@ -359,10 +358,9 @@ def finetune(
                 "shared_first_task": shared is not None,
                 "out": str(run_dir),
             },
-            "versions": versions(),
-            "wall_seconds": round(time.perf_counter() - started, 3),
-            "results": results,
-        }
+            wall_seconds=time.perf_counter() - started,
+            results=results,
+        )
         write_results(run_dir, document)
     except BaseException:
         if created:

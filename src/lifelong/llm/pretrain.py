@@ -31,6 +31,7 @@ import torch
 
 from lifelong.core.checkpoint import atomic_write_json
 from lifelong.core.distributed import is_main_process
+from lifelong.core.metrics import summarize
 from lifelong.core.spec import Spec, parse_composition
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
@@ -55,6 +56,7 @@ from lifelong.llm.models import (
 from lifelong.llm.perplexity import perplexities
 from lifelong.llm.schedules import SCHEDULES
 from lifelong.llm.trainer import FISHER_SEQUENCES, ContinualTrainer, causal_lm_fisher, llm_strategies
+from lifelong.runs.results import results_document, write_results
 from lifelong.strategies import EWC, Strategy, build_strategy
 
 if TYPE_CHECKING:
@@ -279,8 +281,6 @@ def continual_pretrain(
     the old ones, ``higher_is_better: false``). An EWC among ``strategies`` with nothing learned yet
     protects the replay corpus (Fisher measured on it before training).
     """
-    from lifelong.core.metrics import summarize
-    from lifelong.report import versions, write_results
 
     started = time.perf_counter()
     ratio = check_replay_ratio(replay_ratio)
@@ -344,7 +344,7 @@ def continual_pretrain(
     }
     if is_main_process():
         document = _document(
-            names, [record], settings, {"replay_ratio": effective}, versions(), time.perf_counter() - started
+            names, [record], settings, {"replay_ratio": effective}, time.perf_counter() - started
         )
         write_results(out, document)
     return result
@@ -378,21 +378,19 @@ def _document(
     results: list[dict[str, Any]],
     settings: TrainSettings,
     extra: dict[str, Any],
-    found_versions: dict[str, str],
     wall: float,
 ) -> dict[str, Any]:
     config = {k: v for k, v in vars(settings).items()}
-    return {
-        "benchmark": "llm-pretrain:" + ",".join(names),
-        "scenario": "domain",
-        "tasks": names,
-        "higher_is_better": False,
-        "score_name": "perplexity",
-        "config": {**config, **extra},
-        "versions": found_versions,
-        "wall_seconds": round(wall, 3),
-        "results": results,
-    }
+    return results_document(
+        benchmark="llm-pretrain:" + ",".join(names),
+        scenario="domain",
+        tasks=names,
+        higher_is_better=False,
+        score_name="perplexity",
+        config={**config, **extra},
+        wall_seconds=wall,
+        results=results,
+    )
 
 
 # ---- a stream of domains, several strategies (lifelong pretrain) ---------------------------------------
@@ -490,9 +488,6 @@ def run_pretrain(
     """
     from rich.console import Console
 
-    from lifelong.core.metrics import summarize
-    from lifelong.report import versions, write_results
-
     console = console or Console()
     started = time.perf_counter()
     ratio = check_replay_ratio(replay_ratio)
@@ -573,7 +568,7 @@ def run_pretrain(
             "shared_first_task": from_scratch,
             "out": str(run_dir),
         }
-        document = _document(names, results, settings, extra, versions(), time.perf_counter() - started)
+        document = _document(names, results, settings, extra, time.perf_counter() - started)
         write_results(run_dir, document)
     except BaseException:
         if created:

@@ -1,0 +1,54 @@
+"""report.md: the report as Markdown, linking the PNGs in plots/; every text from the results is
+escaped so it shows literally."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from lifelong.report.plots import PLOTS_DIR, Plot
+from lifelong.report.view import View, columns, comparison_note, comparison_rows, keyed_rows, summary_line
+
+
+def _md(text: str) -> str:
+    """Text shown literally in Markdown: HTML-escaped (renderers pass raw HTML through) and with the
+    characters that would start emphasis, code, links or table cells backslash-escaped."""
+    return re.sub(r"([\\`*_\[\]|#])", r"\\\1", html.escape(text, quote=False)).replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def markdown_report(view: View, forgetting: Plot, pairs: list[tuple[Plot, Plot]]) -> str:
+    def image(plot: Plot) -> str:
+        return f"![{_md(plot.alt)}]({PLOTS_DIR}/{plot.filename})"
+
+    lines = [f"# lifelong report: {_md(view.benchmark)}", "", _md(summary_line(view)), ""]
+    lines += [f"Tasks in order: {_md(', '.join(view.tasks))}", ""]
+    lines += ["## Comparison across strategies", ""]
+    header = ["strategy", *(label for _, label in columns(view))]
+    rows = [
+        [_md(label), *(f"**{text}**" if best else text for text, best in cells)]
+        for label, cells in comparison_rows(view)
+    ]
+    lines += _md_table(header, rows)
+    lines += ["", _md(comparison_note(view)), ""]
+    lines += ["## Forgetting per task", "", image(forgetting), "", _md(forgetting.caption), ""]
+    lines += ["## Per strategy", "", f"{_md(pairs[0][0].caption)} {_md(pairs[0][1].caption)}", ""]
+    for entry, (heatmap, stream) in zip(view.entries, pairs, strict=True):
+        lines += [f"### {_md(entry.label)}", "", image(heatmap), "", image(stream), ""]
+    for title, part in (("Configuration", "config"), ("Versions", "versions")):
+        keys_header, keyed = keyed_rows(view, part)
+        if keyed:
+            lines += [f"## {title}", ""]
+            lines += _md_table(
+                ["key", *map(_md, keys_header)],
+                [[f"`{key}`" if "`" not in key else _md(key), *map(_md, values)] for key, values in keyed],
+                right_from=len(keys_header) + 1,
+            )
+            lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""A run folder, the same for every command that trains (`run`, `pretrain`, `finetune`).
+
+``run.json`` is written first and names the command, its settings and the files the run owns: its
+presence is what proves a folder is a lifelong run, and only what it names is ever deleted (by
+``--overwrite``, or when a run that finished no task is abandoned). ``results.json`` is written last:
+its presence marks a finished run. In between, ``checkpoints/<k>-<strategy>/task-<i>/`` holds the
+state after each task, so ``--resume`` continues after the last complete one. A lock file keeps two
+runs out of one folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from lifelong.core.checkpoint import atomic_write_json, latest_checkpoint
+from lifelong.errors import LifelongError
+
+RUN_FILE, RESULTS_FILE, METRICS_LOG, LOCK_FILE = "run.json", "results.json", "metrics.jsonl", ".lock"
+CHECKPOINTS = "checkpoints"
+RUN_FORMAT = 1
+# What every command writes; a command adds its own (pretrain's trainer logs, finetune's adapters).
+COMMON_FILES = (RESULTS_FILE, METRICS_LOG, CHECKPOINTS, "report.md", "report.html", "plots", "tensorboard")
+
+
+def default_out(name: str) -> Path:
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def slug(text: str) -> str:
+    """A folder name for a strategy composition (the label stays in run.json and results.json)."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)[:80]
+
+
+class RunFolder:
+    """One run's folder. `create` starts a run there, `resume` reopens an unfinished one; either holds
+    the folder's lock until `release` (a process that dies releases it with its file handles)."""
+
+    def __init__(self, path: Path, command: str, saved: dict[str, Any], *, created: bool) -> None:
+        self.path, self.command, self.saved, self.created = path, command, saved, created
+        self._lock: IO[str] | None = None
+
+    # ---- opening ----------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        command: str,
+        settings: dict[str, Any],
+        *,
+        overwrite: bool = False,
+        own: Sequence[str] = (),
+        main: bool = True,
+        barrier: Callable[[], None] | None = None,
+    ) -> RunFolder:
+        """Start a run in ``path``: new, empty, or an earlier run of ``command`` (with ``overwrite``).
+
+        ``settings`` go into run.json for `resume`; ``own`` names files this command writes besides
+        the common ones. In a multi-process run every process checks the folder, then waits at
+        ``barrier`` so that none reads it after the main one (``main=True``) has started writing.
+        """
+        existing = _read_run_file(path, command)
+        if existing is not None and not overwrite:
+            if (path / RESULTS_FILE).exists():
+                raise LifelongError(
+                    f"{path} already holds a finished run; pass --overwrite or choose another --out"
+                )
+            raise LifelongError(
+                f"{path} holds an unfinished run; continue it with --resume {path}, or pass --overwrite"
+            )
+        created = not path.exists()
+        folder = cls(path, command, {"settings": settings}, created=created)
+        if barrier is not None:
+            barrier()
+        if not main:
+            return folder
+        folder._acquire()
+        if existing is not None:  # ours, proven by its run.json: only the files it names go
+            for name in existing.get("files", COMMON_FILES):
+                _remove(path / name)
+        folder.saved = {
+            "format": RUN_FORMAT,
+            "command": command,
+            "files": sorted({*COMMON_FILES, *own}),
+            "settings": settings,
+        }
+        atomic_write_json(path / RUN_FILE, folder.saved)
+        return folder
+
+    @classmethod
+    def resume(cls, path: Path, command: str, *, main: bool = True) -> RunFolder:
+        """Reopen the unfinished ``command`` run in ``path``; its settings are ``saved["settings"]``."""
+        saved = _read_run_file(path, command)
+        if saved is None:
+            raise LifelongError(
+                f"{path} has no {RUN_FILE}; --resume takes the folder of a run started earlier"
+            )
+        if (path / RESULTS_FILE).exists():
+            raise LifelongError(f"{path} holds a finished run; there is nothing to resume")
+        if not isinstance(saved.get("settings"), dict):
+            raise LifelongError(f"{path / RUN_FILE} is damaged; start a new run instead of resuming this one")
+        folder = cls(path, command, saved, created=False)
+        if main:
+            folder._acquire()
+        return folder
+
+    def _acquire(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise LifelongError(f"--out {self.path} is a file, not a folder; choose another path")
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = (self.path / LOCK_FILE).open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise LifelongError(
+                f"{self.path} is in use by a run of process {holder}; wait for it or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+
+    def abandon(self) -> bool:
+        """After a failure: remove a folder this run created if no task finished in it. True if removed."""
+        self.release()
+        if self.created and not any(self.checkpoints()):
+            shutil.rmtree(self.path, ignore_errors=True)
+            return True
+        return False
+
+    # ---- what a run writes ----------------------------------------------------------------------------
+
+    def strategy_dir(self, index: int, composition: str) -> Path:
+        return strategy_dir(self.path, index, composition)
+
+    def checkpoints(self) -> Iterator[Path]:
+        """Every complete task checkpoint of the run."""
+        for folder in sorted((self.path / CHECKPOINTS).glob("*")):
+            latest = latest_checkpoint(folder) if folder.is_dir() else None
+            if latest is not None:
+                yield latest
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        with (self.path / METRICS_LOG).open("a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+
+    def tensorboard(self, name: str) -> Any:
+        """A TensorBoard writer for one strategy's curves under ``tensorboard/<name>``."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise LifelongError(
+                "--tensorboard needs the tensorboard package; pip install 'lifelong[tensorboard]'"
+            ) from None
+        return SummaryWriter(log_dir=str(self.path / "tensorboard" / name))
+
+
+def strategy_dir(run_dir: Path, index: int, composition: str) -> Path:
+    """Where the ``index``-th strategy composition of a run keeps its checkpoints."""
+    return run_dir / CHECKPOINTS / f"{index}-{slug(composition)}"
+
+
+def keep_only(folder: Path, newest: str) -> None:
+    """Drop every ``task-*`` checkpoint in ``folder`` but ``newest`` (the last complete one)."""
+    for older in folder.glob("task-*"):
+        if older.name != newest:
+            shutil.rmtree(older, ignore_errors=True)
+
+
+def _read_run_file(path: Path, command: str) -> dict[str, Any] | None:
+    """The run.json of an earlier run of ``command`` in ``path``; None for a new or empty folder.
+
+    Anything else — a folder holding files that no run wrote, a run of another command — is refused:
+    a command deletes only what it can prove it wrote.
+    """
+    if path.exists() and not path.is_dir():
+        raise LifelongError(f"--out {path} is a file, not a folder; choose another path")
+    run_file = path / RUN_FILE
+    if not run_file.is_file():
+        if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()):
+            raise LifelongError(
+                f"{path} is not empty and holds no lifelong run; choose a new or empty folder for --out"
+            )
+        return None
+    try:
+        saved = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise LifelongError(f"{run_file} is damaged; start a new run instead of resuming this one") from None
+    if not isinstance(saved, dict):
+        raise LifelongError(f"{run_file} is damaged; start a new run instead of resuming this one")
+    if "format" not in saved:  # written before run.json named its command: a `lifelong run`
+        saved = {"command": "run", "files": list(COMMON_FILES), "settings": saved}
+    found = saved.get("command")
+    if found != command:
+        raise LifelongError(
+            f"{path} holds a 'lifelong {found}' run, not a '{command}' one; choose another --out"
+        )
+    return saved
+
+
+def _remove(target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
