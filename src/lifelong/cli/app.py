@@ -12,8 +12,10 @@ from rich.table import Table
 
 from lifelong.cli import llm as cli_llm
 from lifelong.cli.adapters import adapters_app
+from lifelong.cli.options import ConfigFile, Resume, ShowProgress, Threads, given_flags, with_settings
 from lifelong.core.distributed import is_main_process
 from lifelong.errors import LifelongError
+from lifelong.experiment.settings import RunConfig, load_yaml_config, make_config
 
 app = typer.Typer(
     add_completion=False,
@@ -29,69 +31,20 @@ err_console = Console(stderr=True)
 
 
 @app.command()
+@with_settings(RunConfig)
 def run(
-    benchmark: Annotated[
-        str | None, typer.Option(help="Built-in stream, e.g. split-digits or 'permuted-digits:tasks=10'.")
-    ] = None,
-    strategy: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--strategy", "-s", help="Strategy to run (repeatable); 'a+b' composes; 'replay:buffer_size=200'."
-        ),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Model: mlp, cnn1d, with options 'mlp:hidden=512'.")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per task.  \\[default: 10]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size.  \\[default: 32]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.  \\[default: 0.001]")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.  \\[default: adam]")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for splits, initial weights and batches.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.  \\[default: auto]")] = None,
-    out: Annotated[str | None, typer.Option(help="Run folder.  \\[default: runs/<benchmark>-<time>]")] = None,
-    overwrite: Annotated[
-        bool | None, typer.Option("--overwrite", help="Reuse a folder with a finished run.")
-    ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file with the same keys as these flags.")] = None,
-    data: Annotated[
-        str | None, typer.Option(help="Your data: a CSV/JSONL/Parquet file or a folder of them.")
-    ] = None,
-    label_column: Annotated[
-        str | None, typer.Option(help="Label column of --data.  \\[default: label]")
-    ] = None,
-    task_column: Annotated[
-        str | None, typer.Option(help="Column of --data that names each row's task.")
-    ] = None,
-    classes_per_task: Annotated[
-        int | None, typer.Option(help="Split --data into tasks of this many classes.")
-    ] = None,
-    scenario: Annotated[str | None, typer.Option(help="class, task or domain (incremental).")] = None,
-    test_size: Annotated[
-        float | None, typer.Option(help="Held-out share of each task.  \\[default: 0.3]")
-    ] = None,
-    tensorboard: Annotated[
-        bool | None, typer.Option("--tensorboard", help="Also log every evaluation to TensorBoard.")
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="Mixed precision: no, bf16 or fp16.  \\[default: no]")
-    ] = None,
+    settings: dict[str, Any],
+    config: ConfigFile = None,
     processes: Annotated[
         int, typer.Option(help="Train in this many processes on this machine (torchrun --standalone).")
     ] = 1,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="CPU threads per process; 1 is fastest for small models on a busy machine."),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(help="Continue the unfinished run in this folder after its last complete task."),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    threads: Threads = None,
+    resume: Resume = None,
+    progress: ShowProgress = True,
 ) -> None:
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
     from lifelong.core.distributed import launch, shutdown, without_option, world_size
     from lifelong.experiment.run import run_experiment
-    from lifelong.experiment.settings import load_yaml_config, make_config
 
     if threads is not None:
         if threads < 1:
@@ -107,38 +60,16 @@ def run(
                 "--processes launches the processes itself; drop it under accelerate launch or torchrun"
             )
         sys.exit(launch(processes, without_option(sys.argv[1:], "--processes")))
-
-    flags: dict[str, Any] = {
-        "benchmark": benchmark,
-        "strategies": strategy,
-        "model": model,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "optimizer": optimizer,
-        "seed": seed,
-        "device": device,
-        "out": out,
-        "overwrite": overwrite,
-        "data": data,
-        "label_column": label_column,
-        "task_column": task_column,
-        "classes_per_task": classes_per_task,
-        "scenario": scenario,
-        "test_size": test_size,
-        "tensorboard": tensorboard,
-        "precision": precision,
-    }
     if resume is not None:
-        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None and v != []]
-        if given or config is not None:
+        given = given_flags(RunConfig, settings) + (["--config"] if config is not None else [])
+        if given:
             raise LifelongError(
-                f"--resume continues a run with its own saved settings; drop {', '.join(given) or '--config'}"
+                f"--resume continues a run with its own saved settings; drop {', '.join(given)}"
             )
         run_experiment(console=console, show_progress=progress, resume=resume)
         return
     file_values = load_yaml_config(config) if config else {}
-    run_experiment(make_config(file_values, flags), console, show_progress=progress)
+    run_experiment(make_config(file_values, settings), console, show_progress=progress)
     shutdown()
 
 

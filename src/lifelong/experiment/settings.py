@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lifelong.core.distributed import PRECISIONS
 from lifelong.core.learner import OPTIMIZERS
+from lifelong.core.settings import check_types, setting
 from lifelong.core.spec import spec_from_mapping
 from lifelong.core.stream import SCENARIOS
 from lifelong.errors import LifelongError
@@ -16,30 +17,42 @@ from lifelong.errors import LifelongError
 
 @dataclass
 class RunConfig:
-    """Everything `lifelong run` needs; ``strategies`` holds one composition string per strategy run."""
+    """Everything `lifelong run` needs; ``strategies`` holds one composition string per strategy run.
 
-    benchmark: str = "split-digits"
-    strategies: list[str] = field(default_factory=list)
-    model: str | None = None
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
-    overwrite: bool = False
-    scenario: str | None = None
-    data: str | None = None
-    label_column: str = "label"
-    task_column: str | None = None
-    classes_per_task: int | None = None
-    test_size: float = 0.3
-    tensorboard: bool = False
-    precision: str = "no"
+    Each field is also a flag of `lifelong run` and a key of its YAML config (``strategy`` or
+    ``strategies``), with the help line declared here.
+    """
+
+    benchmark: str = setting(
+        "split-digits", "Built-in stream, e.g. split-digits or 'permuted-digits:tasks=10'."
+    )
+    strategies: list[str] = setting(
+        None,
+        "Strategy to run (repeatable); 'a+b' composes; 'replay:buffer_size=200'.  \\[default: all]",
+        "--strategy",
+        "-s",
+        factory=list,
+    )
+    model: str | None = setting(None, "Model: mlp, cnn1d, with options 'mlp:hidden=512'.")
+    epochs: int = setting(10, "Epochs per task.")
+    batch_size: int = setting(32, "Batch size.")
+    lr: float = setting(1e-3, "Learning rate.")
+    optimizer: str = setting("adam", "sgd, adam or adamw.")
+    seed: int = setting(0, "Seed for splits, initial weights and batches.")
+    device: str = setting("auto", "auto, cpu or cuda.")
+    out: str | None = setting(None, "Run folder.  \\[default: runs/<benchmark>-<time>]")
+    overwrite: bool = setting(False, "Reuse a folder with a finished run.", "--overwrite")
+    scenario: str | None = setting(None, "class, task or domain (incremental).")
+    data: str | None = setting(None, "Your data: a CSV/JSONL/Parquet file or a folder of them.")
+    label_column: str = setting("label", "Label column of --data.")
+    task_column: str | None = setting(None, "Column of --data that names each row's task.")
+    classes_per_task: int | None = setting(None, "Split --data into tasks of this many classes.")
+    test_size: float = setting(0.3, "Held-out share of each task.")
+    tensorboard: bool = setting(False, "Also log every evaluation to TensorBoard.", "--tensorboard")
+    precision: str = setting("no", "Mixed precision: no, bf16 or fp16.")
 
     def validate(self) -> RunConfig:
-        self._check_types()
+        check_types(self)
         if self.epochs < 1:
             raise LifelongError(f"epochs must be a positive integer, got {self.epochs}; try --epochs 5")
         if self.batch_size < 1:
@@ -67,28 +80,6 @@ class RunConfig:
         if self.classes_per_task is not None and self.classes_per_task < 1:
             raise LifelongError(f"classes per task must be at least 1, got {self.classes_per_task}")
         return self
-
-    def _check_types(self) -> None:
-        """YAML and saved run files can hold anything: check each value's kind before using it."""
-        for f in dataclasses.fields(self):
-            value, expected = getattr(self, f.name), str(f.type)
-            if value is None and "None" in expected:
-                continue
-            if expected.startswith("bool"):
-                ok = isinstance(value, bool)
-            elif expected.startswith("int"):
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif expected.startswith("float"):
-                ok = isinstance(value, int | float) and not isinstance(value, bool)
-            elif expected.startswith("str"):
-                ok = isinstance(value, str)
-            else:  # list[str]
-                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-            if not ok:
-                kind = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text"}.get(
-                    expected.split(" ")[0], "a list of names"
-                )
-                raise LifelongError(f"'{f.name}' must be {kind}, got {value!r}")
 
     @property
     def stream_name(self) -> str:
