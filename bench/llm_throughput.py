@@ -26,7 +26,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from lifelong.llm.data import CausalCollator, load_corpus, mix_by_token_share, pack
+from lifelong.llm.corpora import load_corpus
+from lifelong.llm.data import CausalCollator, mix_by_token_share, pack
 from lifelong.llm.models import load_model, vocab_size
 from lifelong.llm.trainer import ContinualTrainer
 from lifelong.models.hf import offline

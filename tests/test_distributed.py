@@ -164,7 +164,7 @@ def test_one_process_learner_builds_no_accelerator() -> None:
 
 def test_two_process_continual_pretrain_writes_one_run_and_splits_evaluation(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    from lifelong.llm.data import load_corpus
+    from lifelong.llm.corpora import load_corpus
 
     prose, code = tmp_path / "prose.txt", tmp_path / "code.jsonl"
     prose.write_text("\n".join(load_corpus("prose").documents[:20]), encoding="utf-8")

@@ -14,16 +14,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
 from lifelong.errors import LifelongError
-from lifelong.llm.data import (
-    HELDOUT_EVERY,
-    CausalCollator,
-    builtin_corpus,
-    load_corpus,
-    mix_by_token_share,
-    pack,
-    split_documents,
-    token_shares,
-)
+from lifelong.llm.corpora import HELDOUT_EVERY, builtin_corpus, load_corpus, split_documents
+from lifelong.llm.data import CausalCollator, mix_by_token_share, pack, token_shares
 from lifelong.llm.models import load_model
 
 TINY = "tiny-llama:vocab_size=512,hidden=32,layers=1,heads=2"

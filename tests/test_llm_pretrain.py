@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lifelong.cli.llm import perplexity as perplexity_command
 from lifelong.cli.llm import pretrain as pretrain_command
 from lifelong.errors import LifelongError
-from lifelong.llm.data import load_corpus, pack
+from lifelong.llm.corpora import load_corpus
+from lifelong.llm.data import pack
 from lifelong.llm.models import load_model, resolve_model_folder, vocab_size
 from lifelong.llm.pretrain import TrainSettings, continual_pretrain, forgetting_summary, run_pretrain
 

@@ -175,7 +175,8 @@ def perplexity(
     """Perplexity of a causal LM on each text (lower is better), as a table."""
     import torch
 
-    from lifelong.llm.data import load_corpus, pack
+    from lifelong.llm.corpora import load_corpus
+    from lifelong.llm.data import pack
     from lifelong.llm.models import is_tiny_llama, load_model, resolve_model_folder, to_device, vocab_size
     from lifelong.llm.perplexity import from_nll, token_nll
 

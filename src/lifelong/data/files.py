@@ -9,7 +9,6 @@ numbers, so ``task2`` comes before ``task10``), each task named after its file.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, split_train_test
+from lifelong.data.folders import data_files
 from lifelong.errors import LifelongError
 
 READERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -53,7 +53,34 @@ def load_user_stream(
             f"the task column and the label column are both '{label_column}'; give two columns"
         )
 
-    parts: list[tuple[str, str, pd.DataFrame]]  # (task name, where it came from, its rows)
+    parts, name = _task_tables(root, label_column, task_column, classes_per_task)
+    feature_columns = _feature_columns(parts, label_column, task_column)
+    labels = [rows[label_column] for _, _, rows in parts]
+    classes, labels = _class_values(labels)
+    tasks = _tasks(parts, labels, classes, feature_columns, test_size, seed)
+    label_sets = {frozenset(task.classes) for task in tasks}
+    if scenario is None:
+        scenario = "domain" if len(label_sets) == 1 else "class"
+    elif scenario == "domain" and len(label_sets) > 1:
+        raise LifelongError(
+            f"'{root}': a domain-incremental stream needs the same labels in every task, but its tasks "
+            "differ; use scenario 'class' or 'task'"
+        )
+    return Stream(
+        name,
+        tasks,
+        scenario,
+        len(classes),
+        (len(feature_columns),),
+        class_names=[str(c) for c in classes],
+    )
+
+
+def _task_tables(
+    root: Path, label_column: str, task_column: str | None, classes_per_task: int | None
+) -> tuple[list[tuple[str, str, pd.DataFrame]], str]:
+    """(task name, where it came from, its rows) per task, and the stream's name."""
+    parts: list[tuple[str, str, pd.DataFrame]]
     if root.is_dir():
         if task_column is not None or classes_per_task is not None:
             raise LifelongError(
@@ -77,14 +104,20 @@ def load_user_stream(
             groups = _split_by_classes(table, label_column, classes_per_task or 1)
             parts = [(task_name, str(root), rows) for task_name, rows in groups]
         name = root.stem
+    return parts, name
 
-    feature_columns = _feature_columns(parts, label_column, task_column)
-    labels = [rows[label_column] for _, _, rows in parts]
-    classes, labels = _class_values(labels)
+
+def _tasks(
+    parts: list[tuple[str, str, pd.DataFrame]],
+    labels: list[pd.Series],
+    classes: list[Any],
+    feature_columns: list[str],
+    test_size: float,
+    seed: int,
+) -> list[Task]:
+    """Each task's rows as tensors, its labels as class indices, split into train and test."""
     index = {value: i for i, value in enumerate(classes)}
-
     tasks: list[Task] = []
-    label_sets: list[frozenset[int]] = []
     for (task_name, where, rows), raw in zip(parts, labels, strict=True):
         x = _features(rows, feature_columns, where)
         y = raw.map(index).to_numpy(dtype=np.int64)
@@ -93,36 +126,12 @@ def load_user_stream(
             train, test = split_train_test(x, y, test_size, seed, task_name)
         except LifelongError as err:
             raise LifelongError(f"'{where}': {err}") from None
-        task_classes = sorted(int(c) for c in np.unique(y))
-        tasks.append(Task(task_name, train, test, task_classes))
-        label_sets.append(frozenset(task_classes))
-
-    same_labels = len(set(label_sets)) == 1
-    if scenario is None:
-        scenario = "domain" if same_labels else "class"
-    elif scenario == "domain" and not same_labels:
-        raise LifelongError(
-            f"'{root}': a domain-incremental stream needs the same labels in every task, but its tasks "
-            "differ; use scenario 'class' or 'task'"
-        )
-    return Stream(
-        name,
-        tasks,
-        scenario,
-        len(classes),
-        (len(feature_columns),),
-        class_names=[str(c) for c in classes],
-    )
-
-
-def _natural_key(path: Path) -> list[Any]:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+        tasks.append(Task(task_name, train, test, sorted(int(c) for c in np.unique(y))))
+    return tasks
 
 
 def _task_files(folder: Path) -> list[Path]:
-    files = sorted(
-        (f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in READERS), key=_natural_key
-    )
+    files = data_files(folder, READERS)
     if not files:
         raise LifelongError(
             f"folder '{folder}' has no data files ({_SUPPORTED}); put one file per task in it"

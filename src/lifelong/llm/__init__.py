@@ -24,15 +24,8 @@ from lifelong.core.exports import lazy_getattr
 
 if TYPE_CHECKING:
     from lifelong.llm.callbacks import ForgettingCallback
-    from lifelong.llm.data import (
-        CausalCollator,
-        Corpus,
-        PackedCorpus,
-        builtin_corpus,
-        load_corpus,
-        mix_by_token_share,
-        pack,
-    )
+    from lifelong.llm.corpora import Corpus, builtin_corpus, load_corpus
+    from lifelong.llm.data import CausalCollator, PackedCorpus, mix_by_token_share, pack
     from lifelong.llm.finetune import FinetuneSettings, finetune
     from lifelong.llm.models import build_tiny_llama, load_model
     from lifelong.llm.perplexity import perplexities
@@ -43,10 +36,10 @@ if TYPE_CHECKING:
 _WHERE = {
     "ForgettingCallback": "callbacks",
     "CausalCollator": "data",
-    "Corpus": "data",
+    "Corpus": "corpora",
     "PackedCorpus": "data",
-    "builtin_corpus": "data",
-    "load_corpus": "data",
+    "builtin_corpus": "corpora",
+    "load_corpus": "corpora",
     "mix_by_token_share": "data",
     "pack": "data",
     "FinetuneSettings": "finetune",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from lifelong.core.spec import bind, parse_spec
 from lifelong.errors import LifelongError
-from lifelong.llm.data import BUILTIN_CORPORA, builtin_corpus, split_documents
+from lifelong.llm.corpora import BUILTIN_CORPORA, builtin_corpus, split_documents
 from lifelong.models.hf import offline
 
 if TYPE_CHECKING:

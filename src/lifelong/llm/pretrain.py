@@ -35,15 +35,8 @@ from lifelong.core.metrics import summarize
 from lifelong.core.spec import Spec, parse_composition
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
-from lifelong.llm.data import (
-    CausalCollator,
-    Corpus,
-    PackedCorpus,
-    check_replay_ratio,
-    load_corpus,
-    mix_by_token_share,
-    pack,
-)
+from lifelong.llm.corpora import Corpus, load_corpus
+from lifelong.llm.data import CausalCollator, PackedCorpus, check_replay_ratio, mix_by_token_share, pack
 from lifelong.llm.models import (
     is_tiny_llama,
     load_model,
