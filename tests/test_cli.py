@@ -169,3 +169,10 @@ def test_tensorboard_logs_every_evaluation(cli, tmp_path: Path) -> None:
     assert "average_accuracy" in events.Tags()["scalars"]
     steps = [e.step for e in events.Scalars("score/task0:0,1")]
     assert steps == [0, 1, 2, 3, 4]
+
+
+def test_version_prints_the_versions_and_exits_0(cli) -> None:
+    code, out, _ = cli("--version")
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert code == 0
+    assert lines["lifelong"] == "0.1.0" and lines["torch"].startswith("2.")

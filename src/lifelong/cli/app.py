@@ -16,6 +16,7 @@ from lifelong.cli.options import ConfigFile, Resume, ShowProgress, Threads, give
 from lifelong.core.distributed import is_main_process
 from lifelong.errors import LifelongError
 from lifelong.experiment.settings import RunConfig, load_yaml_config, make_config
+from lifelong.runs.results import versions
 
 app = typer.Typer(
     add_completion=False,
@@ -28,6 +29,29 @@ app.command()(cli_llm.perplexity)
 app.command()(cli_llm.finetune)
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _print_versions(asked: bool) -> None:
+    if asked:
+        # Read from the installed packages' metadata: nothing is imported to find a version.
+        for package, version in versions().items():
+            console.print(f"{package} {version}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_versions,
+            is_eager=True,
+            help="Print the versions of lifelong, Python, torch and the optional libraries, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Continual learning: train task after task without forgetting, and measure what was forgotten."""
 
 
 @app.command()
