@@ -34,11 +34,12 @@ if TYPE_CHECKING:
         pack,
     )
     from lifelong.llm.finetune import FinetuneSettings, finetune
+    from lifelong.llm.fisher import causal_lm_fisher
     from lifelong.llm.models import build_tiny_llama, load_model
     from lifelong.llm.perplexity import perplexities
     from lifelong.llm.pretrain import TaskResult, TrainSettings, continual_pretrain, run_pretrain
     from lifelong.llm.schedules import lr_lambda, make_scheduler
-    from lifelong.llm.trainer import ContinualTrainer, causal_lm_fisher
+    from lifelong.llm.trainer import ContinualTrainer
 
 _WHERE = {
     "ForgettingCallback": "callbacks",
@@ -61,7 +62,7 @@ _WHERE = {
     "lr_lambda": "schedules",
     "make_scheduler": "schedules",
     "ContinualTrainer": "trainer",
-    "causal_lm_fisher": "trainer",
+    "causal_lm_fisher": "fisher",
 }
 
 __all__ = [
