@@ -8,6 +8,9 @@ square of a batch gradient, as the seed sketched it, is not a mean of squares.
 Under plain SGD, weights whose pull would overshoot the anchor in one step are capped (see
 `QuadraticPenalty`), so a large lambda holds them in place instead of diverging.
 
+A causal LM (`ContinualTrainer`) gets the same penalty; its Fisher is one gradient *per sequence* of
+the sequence's mean next-token NLL (`lm_nll`), ``empirical`` or ``sampled``, on the task's own data.
+
 From your own loop (the seed's API)::
 
     ewc = EWC(model, lambda_ewc=1000)
