@@ -19,10 +19,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.data import CausalCollator, blocks_dataset
+from lifelong.llm.fisher import causal_lm_fisher
 from lifelong.llm.instruct import DISTILL_MASK, Example, PaddingCollator, examples_dataset
 from lifelong.llm.schedules import lr_lambda
-from lifelong.llm.trainer import ContinualTrainer, _Teacher, causal_lm_fisher, distillation_terms
+from lifelong.llm.trainer import ContinualTrainer
 from lifelong.strategies import EWC, LwF
+from lifelong.strategies.teacher import FrozenTeacher
 
 VOCAB = 64
 
@@ -92,7 +94,7 @@ def test_distillation_is_the_seeds_mix_over_labelled_positions_only(tmp_path: Pa
     lwf = LwF(alpha=0.3, temperature=2.0)
     trainer = trainer_for(model, tmp_path, blocks(), strategies=[lwf])
     trainer.before_task()
-    trainer._teacher = _Teacher(old)  # a teacher that differs, so the KL is not zero
+    lwf.lm_teacher = FrozenTeacher(old)  # a teacher that differs, so the KL is not zero
     ids = blocks(2, 10, seed=5)
     labels = ids.clone()
     labels[0, :6] = -100  # e.g. a prompt: no loss there, no distillation there
@@ -113,9 +115,10 @@ def test_soft_rows_are_learned_by_distillation_alone(tmp_path: Path) -> None:
     """A soft row has no label: the LM loss skips it, the KL covers its marked positions, and the
     two are weighed alpha : 1 - alpha at the LM loss's full scale."""
     model, old = tiny_model(0), tiny_model(1)
-    trainer = trainer_for(model, tmp_path, blocks(), strategies=[LwF(alpha=0.3, temperature=2.0)])
+    lwf = LwF(alpha=0.3, temperature=2.0)
+    trainer = trainer_for(model, tmp_path, blocks(), strategies=[lwf])
     trainer.before_task()
-    trainer._teacher = _Teacher(old)
+    lwf.lm_teacher = FrozenTeacher(old)
     ids = blocks(2, 10, seed=6)
     labels = ids.clone()
     labels[0, :6] = -100
@@ -138,7 +141,7 @@ def test_soft_rows_are_learned_by_distillation_alone(tmp_path: Path) -> None:
 
     # The teacher runs only on rows with something to distill: the labelled row is left to its labels.
     seen: list[int] = []
-    teacher_copy = trainer._teacher.copy
+    teacher_copy = lwf.lm_teacher.copy
     assert teacher_copy is not None
 
     def note_rows(_module: Any, _args: Any, kwargs: dict[str, Any], _out: Any) -> None:
@@ -191,7 +194,7 @@ def test_soft_rows_without_a_teacher_are_refused(tmp_path: Path) -> None:
 
 def test_distillation_against_itself_is_zero() -> None:
     logits = torch.randn(2, 5, VOCAB)
-    kd, count = distillation_terms(logits, logits.clone(), torch.ones(2, 5, dtype=torch.bool), 2.0)
+    kd, count = LwF.token_distillation(logits, logits.clone(), torch.ones(2, 5, dtype=torch.bool), 2.0)
     assert count == 8 and float(kd) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -216,9 +219,10 @@ def test_penalties_do_not_depend_on_how_the_batch_is_accumulated(tmp_path: Path)
             learning_rate=0.5,
             max_grad_norm=0.0,
         )
-        trainer = trainer_for(model, tmp_path, data, strategies=[ewc, LwF(alpha=0.5)], training_args=training)
+        lwf = LwF(alpha=0.5)
+        trainer = trainer_for(model, tmp_path, data, strategies=[ewc, lwf], training_args=training)
         trainer.before_task()
-        trainer._teacher = _Teacher(tiny_model(3))
+        lwf.lm_teacher = FrozenTeacher(tiny_model(3))
         setattr(trainer, "before_task", lambda: None)  # noqa: B010  # keep the differing teacher
         trainer.train()
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
@@ -309,11 +313,22 @@ def test_peft_penalties_cover_adapter_weights_only(tmp_path: Path) -> None:
     trainer.train_task()
     ((fisher, _),) = ewc.terms
     assert fisher and all("lora_" in n for n in fisher)
-    teacher = _Teacher(model)
-    assert teacher.copy is None and len(teacher.saved) == len(fisher)  # the base is shared, not copied
-    adapters = [p.detach().clone() for p in teacher.params]
-    teacher.logits(model, {"input_ids": blocks(1, 6)})
-    assert all(torch.equal(a, p) for a, p in zip(adapters, teacher.params, strict=True))  # swapped back
+    teacher = FrozenTeacher(model)
+    assert teacher.copy is None and teacher.saved.keys() == fisher.keys()  # the base is shared, not copied
+    ids = {"input_ids": blocks(2, 6)}
+    model.eval()
+    with torch.no_grad():
+        before = model(**ids).logits
+        adapters = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05)  # the student moves on; the teacher keeps the adapters as they were
+        assert not torch.allclose(model(**ids).logits, before)
+    assert torch.allclose(teacher.logits(model, ids), before, atol=1e-6)
+    for n, p in model.named_parameters():  # the teacher's forward changed nothing of the student
+        if n in adapters:
+            assert torch.equal(p, adapters[n] + 0.05), n
+    model.train()
     trainer.train_task(blocks_dataset(blocks(seed=4)))
     for n, p in model.named_parameters():
         if n in base_before:

@@ -1,4 +1,4 @@
-"""The one training loop. Every strategy plugs into it through the hooks of `strategies.base`.
+"""The one training loop. Every strategy plugs into it through the hooks of `lifelong.core.strategy`.
 
 Read `Learner.fit` and `Learner.train_task` top to bottom: that is the whole algorithm.
 In-memory `TensorDataset`s take a fast path (the task moves to the device once, batches are index
@@ -350,9 +350,7 @@ class Learner:
         for strategy, state in zip(self.strategies, tree["strategies"], strict=True):
             strategy.load_state_dict(unflatten_state(state, tensors))
         for strategy in self.strategies:  # one that wraps the model (lora) rebuilds the wrapper first
-            rebuild = getattr(strategy, "restore_model", None)
-            if rebuild is not None:
-                rebuild(self)
+            strategy.restore_model(self)
         self.model.load_state_dict(unflatten_state(tree["model"], tensors))
         rng = unflatten_state(tree["rng"], tensors)
         self.generator.set_state(rng["generator"])

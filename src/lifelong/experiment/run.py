@@ -47,7 +47,7 @@ def seed_everything(seed: int) -> None:
 
 
 def default_strategies() -> list[str]:
-    return [name for name, cls in REGISTRY.items() if getattr(cls, "in_default_run", True)]
+    return [name for name, cls in REGISTRY.items() if cls.in_default_run]
 
 
 def build_stream(config: RunConfig) -> Stream:

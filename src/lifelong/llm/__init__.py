@@ -27,11 +27,12 @@ if TYPE_CHECKING:
     from lifelong.llm.corpora import Corpus, builtin_corpus, load_corpus
     from lifelong.llm.data import CausalCollator, PackedCorpus, mix_by_token_share, pack
     from lifelong.llm.finetune import FinetuneSettings, finetune
+    from lifelong.llm.fisher import causal_lm_fisher
     from lifelong.llm.models import build_tiny_llama, load_model
     from lifelong.llm.perplexity import perplexities
     from lifelong.llm.pretrain import TaskResult, TrainSettings, continual_pretrain, run_pretrain
     from lifelong.llm.schedules import lr_lambda, make_scheduler
-    from lifelong.llm.trainer import ContinualTrainer, causal_lm_fisher
+    from lifelong.llm.trainer import ContinualTrainer
 
 _WHERE = {
     "ForgettingCallback": "callbacks",
@@ -54,7 +55,7 @@ _WHERE = {
     "lr_lambda": "schedules",
     "make_scheduler": "schedules",
     "ContinualTrainer": "trainer",
-    "causal_lm_fisher": "trainer",
+    "causal_lm_fisher": "fisher",
 }
 
 __all__ = [

@@ -75,7 +75,7 @@ from lifelong.llm.pretrain import (
 from lifelong.llm.skills import is_skills, parse_skills
 from lifelong.llm.trainer import ContinualTrainer
 from lifelong.runs.results import results_document, write_results
-from lifelong.strategies import EWC, Strategy
+from lifelong.strategies import Strategy
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -431,7 +431,7 @@ def _train_task(
         started = time.perf_counter()
         fisher = (
             pack_examples(task.train, settings.block_size)
-            if any(isinstance(s, EWC) for s in strategies)
+            if any(s.lm_task_data for s in strategies)
             else None
         )
         trainer.train_task(fisher_dataset=fisher)
@@ -470,7 +470,7 @@ def _run_plan(
         scores.append(first_scores)
         losses.append(first_losses)
         train_seconds += first_seconds
-        if any(isinstance(s, EWC) for s in strategies):
+        if any(s.lm_task_data for s in strategies):
             # The shared first task ran without strategies: do its after-task part (EWC's Fisher) now.
             _ensure_old_importance(
                 strategies, model, pack_examples(tasks[0].train, settings.block_size), settings.seed

@@ -37,6 +37,7 @@ from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.corpora import Corpus, load_corpus
 from lifelong.llm.data import CausalCollator, PackedCorpus, check_replay_ratio, mix_by_token_share, pack
+from lifelong.llm.fisher import OutsideTrainer
 from lifelong.llm.models import (
     is_tiny_llama,
     load_model,
@@ -48,9 +49,9 @@ from lifelong.llm.models import (
 )
 from lifelong.llm.perplexity import perplexities
 from lifelong.llm.schedules import SCHEDULES
-from lifelong.llm.trainer import FISHER_SEQUENCES, ContinualTrainer, causal_lm_fisher, llm_strategies
+from lifelong.llm.trainer import ContinualTrainer, llm_strategies
 from lifelong.runs.results import results_document, write_results
-from lifelong.strategies import EWC, Strategy, build_strategy
+from lifelong.strategies import Strategy, build_strategy
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -233,20 +234,10 @@ def train_task(
 def _ensure_old_importance(
     strategies: Sequence[Strategy], model: PreTrainedModel, old: Any, seed: int
 ) -> None:
-    """EWC with nothing learned yet protects the ``old`` data (blocks or a Dataset; None: nothing
-    is old): its Fisher under the current model."""
+    """Strategies that protect nothing yet protect the ``old`` data (blocks or a Dataset; None: nothing
+    is old), which the model already learned: `Strategy.lm_protect` (EWC: its Fisher under the model)."""
     for strategy in strategies:
-        if isinstance(strategy, EWC) and not strategy.terms and old is not None:
-            strategy.model = model
-            fisher = causal_lm_fisher(
-                model,
-                old,
-                strategy.fisher,
-                strategy.samples or FISHER_SEQUENCES,
-                trainable_only=strategy.trainable_only,
-                seed=seed,
-            )
-            strategy.consolidate(fisher)
+        strategy.lm_protect(OutsideTrainer(model, seed), old)
 
 
 def continual_pretrain(

@@ -29,6 +29,7 @@ class AGEM(Strategy):
     """A-GEM: projects each gradient so it never points against a past-task memory's gradient."""
 
     name = "agem"
+    supports = frozenset({"classifier"})
     exclusive = frozenset({"gradients"})
 
     def __init__(self, memory_size: int = 500, sample_size: int = 256, policy: Policy = "reservoir") -> None:

@@ -21,7 +21,7 @@ from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
     from lifelong.core.learner import Learner
-    from lifelong.core.strategy import Batch
+    from lifelong.core.strategy import Batch, LMBatch, LMTrainer
     from lifelong.core.stream import Task
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, task_ids) -> logits
@@ -292,7 +292,11 @@ def unpack(state: Mapping[str, Any], prefix: str) -> Tensors:
 
 
 class Anchored(Strategy):
-    """The hooks of a strategy whose whole penalty is one `QuadraticPenalty` (ewc, si, mas)."""
+    """The hooks of a strategy whose whole penalty is one `QuadraticPenalty` (ewc, si, mas), in both
+    loops: the classic one, and the causal-LM one, where the penalty is a once-per-step term."""
+
+    supports = frozenset({"classifier", "causal-lm"})
+    whole_parameters = True
 
     def __init__(self, model: nn.Module | None = None) -> None:
         self.model = model
@@ -303,7 +307,25 @@ class Anchored(Strategy):
         self._penalty.bind(learner.model)
 
     def penalty(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor | float:
-        return self._penalty(getattr(learner, "optimizer", None)) if self._penalty else 0.0
+        return self._penalty(learner.optimizer) if self._penalty else 0.0
+
+    def lm_before_task(self, trainer: LMTrainer) -> None:
+        self.model = trainer.model
+        self._penalty.bind(trainer.model)
+
+    def lm_penalty(self, trainer: LMTrainer, batch: LMBatch, outputs: Any) -> torch.Tensor | float:
+        # No optimizer given, so no SGD cap: the Trainer's optimizer is wrapped (and usually adaptive).
+        if not self._penalty:
+            return 0.0
+        if not self._penalty.bound:
+            self._penalty.bind(trainer.model)
+        value = self._penalty()
+        trainer.note(f"{self.name}_penalty", value)
+        return value * batch.per_step
+
+    def lm_protect(self, trainer: LMTrainer, data: Any) -> None:
+        if self.lm_task_data and not self._penalty and data is not None:
+            self.lm_after_task(trainer, data)
 
 
 class SummedImportance(Anchored):

@@ -25,6 +25,7 @@ class DERPP(Strategy):
     """Dark Experience Replay++: match stored logits (alpha) and labels (beta) of a reservoir buffer."""
 
     name = "der++"
+    supports = frozenset({"classifier"})
 
     def __init__(
         self, alpha: float = 0.5, beta: float = 2.0, buffer_size: int = 200, minibatch_size: int = 32

@@ -8,6 +8,9 @@ square of a batch gradient, as the seed sketched it, is not a mean of squares.
 Under plain SGD, weights whose pull would overshoot the anchor in one step are capped (see
 `QuadraticPenalty`), so a large lambda holds them in place instead of diverging.
 
+A causal LM (`ContinualTrainer`) gets the same penalty; its Fisher is one gradient *per sequence* of
+the sequence's mean next-token NLL (`lm_nll`), ``empirical`` or ``sampled``, on the task's own data.
+
 From your own loop (the seed's API)::
 
     ewc = EWC(model, lambda_ewc=1000)
@@ -22,9 +25,11 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lifelong.core.distributed import sum_over_processes
+from lifelong.core.strategy import IGNORE_INDEX, SequenceMeasure
 from lifelong.errors import LifelongError
 from lifelong.strategies.anchors import (
     Anchored,
@@ -44,6 +49,7 @@ from lifelong.strategies.anchors import (
 
 if TYPE_CHECKING:
     from lifelong.core.learner import Learner
+    from lifelong.core.strategy import LMTrainer
     from lifelong.core.stream import Task
 
 FisherKind = Literal["empirical", "exact", "sampled"]
@@ -58,6 +64,23 @@ def _nll(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     `F.cross_entropy` gives, in fewer ops under vmap than nll_loss's batching rule (5-10% of the
     Fisher time of the split-digits MLP)."""
     return -logits.log_softmax(-1).gather(-1, label.unsqueeze(-1)).mean()
+
+
+def lm_nll(kind: str) -> SequenceMeasure:
+    """The causal-LM Fisher's measure: one sequence's mean next-token NLL, of the text's own next
+    tokens (``empirical``) or of next tokens drawn from the model (``sampled``: the true Fisher's
+    expectation, one sample per position)."""
+    if kind not in ("empirical", "sampled"):
+        raise LifelongError(f"LLM Fisher '{kind}' is unknown; use empirical or sampled")
+
+    def nll(logits: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if kind == "sampled":
+            with torch.no_grad():
+                drawn = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+            targets = drawn.masked_fill(targets == IGNORE_INDEX, IGNORE_INDEX)
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+
+    return nll
 
 
 def _likely_pairs(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,6 +103,7 @@ class EWC(Anchored):
 
     name = "ewc"
     aliases: ClassVar[dict[str, str]] = {"lambda": "lambda_ewc"}
+    lm_task_data = True
 
     def __init__(
         self,
@@ -114,6 +138,23 @@ class EWC(Anchored):
         # A sample cap takes a random subset (from the run's RNG), not the first rows of the task.
         data = task_batches(learner, self.chunk_size, shuffle=self.samples is not None)
         self.consolidate(self.fisher_information(data, forward=learner.forward, generator=learner.generator))
+
+    def lm_after_task(self, trainer: LMTrainer, data: Any) -> None:
+        """The Fisher of a causal LM *per sequence* (one gradient per packed block, over the positions
+        training puts loss on), on the task's own data; ``samples`` sequences (the trainer's default
+        when None). ``exact`` has no causal-LM form (one gradient per vocabulary entry per token)."""
+        if data is None:
+            raise LifelongError("EWC needs the task's data to measure importance; pass train_dataset")
+        fisher = trainer.importance(
+            data,
+            lm_nll(self.fisher),
+            power=2,
+            samples=self.samples,
+            trainable_only=self.trainable_only,
+            what="the Fisher information",
+        )
+        self.model = trainer.model
+        self.consolidate(fisher)
 
     # ---- the seed's API, for users with their own loop ---------------------------------------------
 

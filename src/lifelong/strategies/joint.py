@@ -21,6 +21,7 @@ class Joint(Strategy):
     """
 
     name = "joint"
+    supports = frozenset({"classifier"})
     exclusive = frozenset({"train_data"})
 
     def before_task(self, learner: Learner, task: Task) -> None:

@@ -247,6 +247,7 @@ class LoRA(Strategy):
     """One LoRA adapter per task on a frozen backbone (PEFT); routes to an adapter when no task id is given."""
 
     name = "lora"
+    supports = frozenset({"classifier"})  # for LMs: finetune(lora=True) keeps an adapter per task
     exclusive = frozenset({"model"})
     in_default_run: ClassVar[bool] = (
         False  # a frozen *random* backbone learns little: it needs a pretrained model (minilm)

@@ -8,22 +8,31 @@ loss, so `penalty` returns ``alpha * T^2 * KL - alpha * task_loss`` and the tota
 Which logits are distilled depends on the scenario: class-incremental, only the classes of earlier
 tasks (the new classes have nothing to keep); task-incremental, each earlier task's head as its own
 softmax; domain-incremental, every logit.
+
+A causal LM (`ContinualTrainer`) distills every next-token distribution over the vocabulary, the same
+KL averaged per token, at the positions whose label is not -100; the teacher is the model as it was
+when the task began (only its trainable tensors when adapters train on a frozen base: see
+`FrozenTeacher`). The mix is the seed's, ``(1 - alpha) * LM loss + alpha * T^2 * KL``. Rows of soft
+examples carry no label and are learned by the KL alone, at the positions their distill mask
+marks; those are apart from the labelled ones, so the mix there is ``LM loss + alpha / (1 - alpha) *
+T^2 * KL``: the seed's ratio, at plain fine-tuning's step size.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.core.strategy import MASKED_LOGIT, Batch, Strategy
+from lifelong.core.strategy import IGNORE_INDEX, MASKED_LOGIT, Batch, Strategy
 from lifelong.errors import LifelongError
+from lifelong.strategies.teacher import FrozenTeacher, frozen_copy
 
 if TYPE_CHECKING:
     from lifelong.core.learner import Learner
+    from lifelong.core.strategy import LMBatch, LMTrainer
     from lifelong.core.stream import Task
 
 _PREFIX = "teacher."
@@ -33,6 +42,7 @@ class LwF(Strategy):
     """Learning without Forgetting: the frozen previous model's softened outputs teach the current one."""
 
     name = "lwf"
+    supports = frozenset({"classifier", "causal-lm"})
 
     def __init__(self, alpha: float = 0.5, temperature: float = 2.0) -> None:
         if not 0.0 <= alpha <= 1.0:
@@ -40,9 +50,11 @@ class LwF(Strategy):
         if not temperature > 0:
             raise LifelongError(f"lwf temperature must be positive, got {temperature}; try temperature=2")
         self.alpha, self.temperature = alpha, temperature
+        self.whole_parameters = alpha > 0  # the teacher is a copy of the weights
         self.teacher: nn.Module | None = None
         self.heads: torch.Tensor | None = None  # bool [H, C]: the logits each distilled softmax covers
         self._pending: dict[str, torch.Tensor] | None = None  # teacher weights loaded, not yet rebuilt
+        self.lm_teacher: FrozenTeacher | None = None  # the causal-LM form's, for the task in training
 
     # ---- the loss, usable from any training loop ---------------------------------------------------
 
@@ -78,13 +90,31 @@ class LwF(Strategy):
         ce = F.cross_entropy(new_logits, targets)
         return self.alpha * self.temperature**2 * kd + (1 - self.alpha) * ce
 
+    @classmethod
+    def token_distillation(
+        cls, student: torch.Tensor, teacher: torch.Tensor, positions: torch.Tensor | None, temperature: float
+    ) -> tuple[torch.Tensor, int]:
+        """(mean per-token KL at ``temperature``, tokens) of a causal LM's logits ``[B, L, V]``, over the
+        next-token positions marked in ``positions`` (bool, aligned as the labels: the token predicted),
+        all of them when None: `distillation_loss` with each position as a sample."""
+        new, old = student[:, :-1], teacher[:, :-1]
+        if positions is None or bool(positions[:, 1:].all()):  # e.g. packed blocks: no copy of the logits
+            flat_new, flat_old = new.reshape(-1, new.shape[-1]), old.reshape(-1, old.shape[-1])
+        else:
+            keep = positions[:, 1:]
+            flat_new, flat_old = new[keep], old[keep]
+        count = flat_new.shape[0]
+        if count == 0:
+            return student.sum() * 0.0, 0
+        return cls.distillation_loss(flat_new, flat_old, None, temperature), count
+
     # ---- hooks -------------------------------------------------------------------------------------
 
     def before_task(self, learner: Learner, task: Task) -> None:
         self.teacher, self._pending, self.heads = None, None, None
         if task.index == 0 or self.alpha == 0:
             return  # nothing learned yet: the first task trains on the plain task loss
-        self.teacher = self._snapshot(learner.model)
+        self.teacher = frozen_copy(learner.model)
         self.heads = self._old_heads(learner, task)
 
     def penalty(self, learner: Learner, batch: Batch, outputs: torch.Tensor) -> torch.Tensor | float:
@@ -99,10 +129,48 @@ class LwF(Strategy):
         new = learner.logits if learner.logits is not None else outputs
         kd = self.distillation_loss(new, old, self.heads, self.temperature)
         # alpha*T^2*KL - alpha*task_loss: added to the Learner's task loss this is the seed's mix.
-        task_loss = getattr(learner, "task_loss", None)  # the Learner's own, not computed twice
-        if task_loss is None:
+        task_loss = learner.task_loss  # the Learner's own, not computed twice
+        if task_loss is None:  # called outside the Learner's loop
             task_loss = learner.criterion(outputs, batch.y)
         return self.alpha * (self.temperature**2 * kd - task_loss)
+
+    # ---- the causal-LM hooks ----------------------------------------------------------------------
+
+    def lm_before_task(self, trainer: LMTrainer) -> None:
+        # Every task, the first included: a given model already knows something worth keeping.
+        self.lm_teacher = FrozenTeacher(trainer.model) if self.alpha > 0 else None
+
+    def lm_penalty(self, trainer: LMTrainer, batch: LMBatch, outputs: Any) -> torch.Tensor | float:
+        if self.lm_teacher is None:
+            return 0.0
+        soft = batch.distill_mask
+        if soft is not None and self.alpha >= 1:
+            raise LifelongError("with soft examples lwf alpha must be below 1 (1 learns no label); try 0.5")
+        batch.distilled = True
+        # With a distill mask the teacher is asked only on the rows it marks (e.g. the soft ones).
+        rows = None if soft is None else soft[:, 1:].any(dim=1).nonzero().squeeze(1)
+        if rows is not None and len(rows) == 0:
+            return 0.0
+        teacher = self.lm_teacher.logits(trainer.model, batch.inputs, rows)
+        if soft is None or rows is None:
+            labels = batch.labels
+            student, positions = outputs.logits, None if labels is None else labels != IGNORE_INDEX
+        else:
+            student, positions = outputs.logits[rows], soft[rows]
+        kd_mean, count = self.token_distillation(student, teacher, positions, self.temperature)
+        kd = kd_mean * count * batch.per_token  # back to a sum, then the LM loss's own normalisation
+        trainer.note("distill_kl", kd_mean)
+        if soft is None:
+            return self.alpha * self.temperature**2 * kd  # the seed's mix, with `lm_loss_weight`
+        # Distilled positions marked apart from the labels: the LM loss keeps plain fine-tuning's step
+        # size (the seed's mix would shrink it by 1 - alpha) and the KL keeps the seed's ratio.
+        return self.alpha / (1 - self.alpha) * self.temperature**2 * kd
+
+    def lm_loss_weight(self, trainer: LMTrainer, batch: LMBatch) -> float:
+        return 1 - self.alpha if self.lm_teacher is not None and batch.distill_mask is None else 1.0
+
+    def lm_after_task(self, trainer: LMTrainer, data: Any) -> None:
+        self.lm_teacher = None  # frees the copy; the next task snapshots the model as it is then
 
     def state_dict(self) -> dict[str, Any]:
         weights = self._pending if self.teacher is None else self.teacher.state_dict()
@@ -125,15 +193,9 @@ class LwF(Strategy):
 
     # ---- pieces ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _snapshot(model: nn.Module) -> nn.Module:
-        teacher = copy.deepcopy(model).eval()
-        teacher.requires_grad_(False)
-        return teacher
-
     def _teacher(self, learner: Learner) -> nn.Module | None:
         if self.teacher is None and self._pending is not None:
-            teacher = self._snapshot(learner.model)
+            teacher = frozen_copy(learner.model)
             teacher.load_state_dict(self._pending)
             self.teacher, self._pending = teacher, None
         if self.heads is not None and self.heads.device != learner.device:

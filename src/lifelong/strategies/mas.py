@@ -3,17 +3,22 @@
 A parameter matters to a task when the network's output moves with it: after each task,
 ``Omega_i += mean over samples of |d ||f(x)||_2^2 / d theta_i|`` (per-sample gradients, no labels
 needed), and later tasks pay ``lambda * sum Omega (theta - theta*)^2``.
+
+For a causal LM the output is the logit vector at every position: a sequence's ``||f(x)||^2`` is the
+mean over the positions training puts loss on of each one's squared logit norm (a mean, as the LM
+loss is, so lambda does not depend on the block length), one gradient per sequence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from lifelong.core.distributed import sum_over_processes
+from lifelong.core.strategy import IGNORE_INDEX
 from lifelong.errors import LifelongError
 from lifelong.strategies.anchors import (
     Forward,
@@ -30,6 +35,7 @@ from lifelong.strategies.anchors import (
 
 if TYPE_CHECKING:
     from lifelong.core.learner import Learner
+    from lifelong.core.strategy import LMTrainer
     from lifelong.core.stream import Task
 
 
@@ -37,11 +43,19 @@ def _squared_norm(logits: torch.Tensor) -> torch.Tensor:
     return logits.square().sum()
 
 
+def lm_output_norm(logits: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """MAS's measure for one sequence of a causal LM: the mean squared logit norm over its labelled
+    positions (``logits`` [T, V], ``targets`` [T]; the generator is unused)."""
+    keep = targets != IGNORE_INDEX
+    return _squared_norm(logits[keep]) / keep.sum()
+
+
 class MAS(SummedImportance):
     """Memory Aware Synapses: lambda * sum Omega (theta - theta*)^2, Omega = mean |d||f(x)||^2/d theta|."""
 
     name = "mas"
     aliases: ClassVar[dict[str, str]] = {"lambda": "lambda_mas"}
+    lm_task_data = True
 
     def __init__(
         self,
@@ -66,6 +80,20 @@ class MAS(SummedImportance):
     def after_task(self, learner: Learner, task: Task) -> None:
         data = task_batches(learner, self.chunk_size, shuffle=self.samples is not None)
         self.compute_importance(data, forward=learner.forward)
+
+    def lm_after_task(self, trainer: LMTrainer, data: Any) -> None:
+        if data is None:
+            raise LifelongError("MAS needs the task's data to measure importance; pass train_dataset")
+        new = trainer.importance(
+            data,
+            lm_output_norm,
+            power=1,
+            samples=self.samples,
+            trainable_only=self.trainable_only,
+            what="MAS importance",
+        )
+        self.model = trainer.model
+        self._accumulate(new, trainer.model)
 
     def compute_importance(
         self, batches: Iterable[Sequence[torch.Tensor] | torch.Tensor], forward: Forward | None = None
@@ -92,11 +120,16 @@ class MAS(SummedImportance):
         if seen == 0:
             raise LifelongError("MAS importance needs at least one sample; the data given was empty")
         new = {n: v / seen for n, v in total.items()}
+        self._accumulate(new, model)
+        return new
+
+    def _accumulate(self, new: Tensors, model: nn.Module) -> None:
+        """A task's importance joins the earlier ones'; the anchor moves to the current weights."""
+        params = dict(model.named_parameters())
         self.importance = add_into(self.importance, new)
-        self.anchor = snapshot(params)
+        self.anchor = snapshot({n: params[n] for n in self.importance})
         self.tasks += 1
         self._penalty.set(self.importance, self.anchor, scale=self.lambda_mas, model=model)
-        return new
 
     def mas_loss(self) -> torch.Tensor:
         """The penalty for a user's own loop (zero before the first `compute_importance`)."""

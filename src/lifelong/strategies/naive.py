@@ -9,3 +9,4 @@ class Naive(Strategy):
     """Plain fine-tuning on each task in turn (the lower bound: it forgets)."""
 
     name = "naive"
+    supports = frozenset({"classifier", "causal-lm"})

@@ -265,6 +265,8 @@ class Replay(Strategy):
     """
 
     name = "replay"
+    # For LMs replay is data mixing (pretrain and finetune replay_ratio), not this object.
+    supports = frozenset({"classifier"})
 
     def __init__(
         self,
