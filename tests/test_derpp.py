@@ -11,7 +11,7 @@ from lifelong.errors import LifelongError
 from lifelong.experiment.run import build_stream, run_strategy
 from lifelong.experiment.settings import RunConfig
 from lifelong.strategies import DERPP, build_strategies
-from lifelong.strategies.replay import ReplayBuffer
+from lifelong.strategies.buffers import ReplayBuffer
 
 
 def batch(n: int) -> Batch:

@@ -71,3 +71,18 @@ def test_split_digits_run_loads_matplotlib_only_for_its_report(tmp_path: Path) -
     assert seen["before_report"] == []  # training and scoring: none of them
     assert seen["at_exit"] == ["matplotlib"]  # the report's plots, and nothing else
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_the_package_imports_nothing_until_a_name_is_used_and_every_public_name_resolves(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "import sys, lifelong\n"
+        "print('torch' in sys.modules)\n"
+        "missing = [n for n in lifelong.__all__ if getattr(lifelong, n, None) is None]\n"
+        "print(missing)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert done.stdout.split("\n")[:2] == ["False", "[]"]

@@ -92,7 +92,7 @@ def test_buffers_hold_only_seen_samples_within_size_and_balance(
     classes that had to give up slots within one of each other."""
     import torch
 
-    from lifelong.strategies.replay import ReplayBuffer
+    from lifelong.strategies.buffers import ReplayBuffer
 
     generator = torch.Generator().manual_seed(seed)
     buffer = ReplayBuffer(max_size, policy=policy)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from lifelong.errors import LifelongError
 from lifelong.experiment.run import build_stream, run_strategy
 from lifelong.experiment.settings import RunConfig
 from lifelong.strategies import Replay, build_strategies
-from lifelong.strategies.replay import Policy, ReplayBuffer
+from lifelong.strategies.buffers import Policy, ReplayBuffer
 
 
 def stream_of_ids(n: int) -> tuple[torch.Tensor, torch.Tensor]:

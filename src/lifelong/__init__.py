@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from lifelong.experiment import RunConfig, run_experiment
     from lifelong.models import build_model
     from lifelong.strategies import REGISTRY, build_strategies
+    from lifelong.strategies.buffers import ReplayBuffer
+    from lifelong.strategies.ewc import EWC
 
 __version__ = "0.1.0"
 
@@ -53,6 +55,8 @@ _WHERE = {
     "LifelongError": "lifelong.errors",
     "REGISTRY": "lifelong.strategies",
     "build_strategies": "lifelong.strategies",
+    "EWC": "lifelong.strategies.ewc",
+    "ReplayBuffer": "lifelong.strategies.buffers",
     "RunConfig": "lifelong.experiment",
     "run_experiment": "lifelong.experiment",
     "Stream": "lifelong.core.stream",
@@ -75,11 +79,13 @@ _WHERE = {
 
 __all__ = [
     "BENCHMARKS",
+    "EWC",
     "REGISTRY",
     "Batch",
     "FitResult",
     "Learner",
     "LifelongError",
+    "ReplayBuffer",
     "RunConfig",
     "Strategy",
     "Stream",

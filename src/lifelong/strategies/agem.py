@@ -18,7 +18,7 @@ from lifelong.core.distributed import all_reduce_sum, group_size, local_share
 from lifelong.core.strategy import Strategy
 from lifelong.core.stream import with_task_ids
 from lifelong.errors import LifelongError
-from lifelong.strategies.replay import Policy, ReplayBuffer
+from lifelong.strategies.buffers import Policy, ReplayBuffer
 
 if TYPE_CHECKING:
     from lifelong.core.learner import Learner

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lifelong.core.distributed import local_share
 from lifelong.core.strategy import Batch, Strategy
 from lifelong.errors import LifelongError
-from lifelong.strategies.replay import ReplayBuffer
+from lifelong.strategies.buffers import ReplayBuffer
 
 if TYPE_CHECKING:
     from lifelong.core.learner import Learner
