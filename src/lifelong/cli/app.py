@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperOption
 
 from lifelong.cli import llm as cli_llm
 from lifelong.cli.adapters import adapters_app
@@ -19,7 +20,7 @@ from lifelong.experiment.settings import RunConfig, load_yaml_config, make_confi
 from lifelong.runs.results import versions
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     help="Continual learning: train task after task without forgetting, and measure what was forgotten.",
 )
@@ -140,10 +141,22 @@ def _options(options: list[tuple[str, object]]) -> str:
     return ", ".join(f"{k}={v}" for k, v in options) or "—"
 
 
+def _without_type_column(command: Any) -> None:
+    """Help that reads whole at 80 columns: the names and help lines say what an option takes, so the
+    type column (``<list[str]>``) goes, and its width goes to the help text."""
+    for param in command.params:
+        if isinstance(param, TyperOption):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _without_type_column(sub)
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit status 2, never a traceback."""
     try:
-        app()
+        command = typer.main.get_command(app)
+        _without_type_column(command)
+        command(prog_name="lifelong")
     except LifelongError as err:
         if is_main_process():  # every process of a multi-process run meets the same error
             err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
