@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from lifelong.core import metrics
 from lifelong.core.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -32,6 +32,7 @@ from lifelong.errors import LifelongError
 from lifelong.experiment.settings import RunConfig, make_config
 from lifelong.models import build_model
 from lifelong.report import print_results, write_report
+from lifelong.report.text import DescriptionColumn, safe_text, terminal
 from lifelong.runs.callbacks import TaskLog, commit_task
 from lifelong.runs.folder import RESULTS_FILE, RUN_FILE, RunFolder, default_out, keep_only
 from lifelong.runs.results import results_document, write_results
@@ -249,12 +250,12 @@ def run_experiment(
 
     ``resume`` continues the unfinished run in that folder, after its last complete task.
     """
-    console = console or Console()
+    console = console or terminal()
     folder, config, compositions, processes = _open(
         config, resume, lambda c: Processes(c.device, c.precision)
     )
     if not processes.is_main:
-        console, show_progress = Console(quiet=True), False
+        console, show_progress = terminal(quiet=True), False
     started = time.perf_counter()
     try:
         stream = build_stream(config)
@@ -295,7 +296,7 @@ def run_experiment(
 
 def _progress(console: Console, show: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        DescriptionColumn(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -308,11 +309,12 @@ def _progress(console: Console, show: bool) -> Progress:
 def _publish(console: Console, run_dir: Path, document: dict[str, Any], task_names: list[str]) -> None:
     """Print the tables and write the report once the results are safe on disk."""
     print_results(console, document, task_names)
-    console.print(f"results written to {run_dir / RESULTS_FILE}")
+    console.print(f"results written to {safe_text(run_dir / RESULTS_FILE)}")
     try:
         _, html = write_report(run_dir, document)
-        console.print(f"report written to {html}")
+        console.print(f"report written to {safe_text(html)}")
     except Exception as err:  # the results are safe on disk; a plotting problem must not lose the run
         console.print(
-            f"[yellow]warning:[/] the report could not be written ({err}); retry with lifelong report {run_dir}"
+            f"[yellow]warning:[/] the report could not be written ({safe_text(err)}); "
+            f"retry with lifelong report {safe_text(run_dir)}"
         )

@@ -1,0 +1,106 @@
+"""Hostile and careless input (issue "Nothing lost, nothing injected, no traceback"): each test names
+the issue's case it covers. Bad input gets one line and exit 2; nothing a user, a file or a folder
+says is parsed as markup or reaches the terminal as a control sequence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+Cli = Callable[..., tuple[int, str, str]]
+FAST = ["--epochs", "1", "--no-progress"]
+
+
+def one_line(code: int, err: str) -> str:
+    """The single error line of a refused command (exit 2, no traceback)."""
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def table_file(path: Path, tasks: list[str], columns: tuple[str, ...] = ("f0", "f1")) -> Path:
+    """A CSV with two classes per task, ``tasks`` in the task column and numeric ``columns``."""
+    rng = np.random.default_rng(0)
+    rows = [(task, label) for task in tasks for label in (0, 1) for _ in range(10)]
+    frame = pd.DataFrame({name: rng.normal(size=len(rows)) for name in columns})
+    frame["label"] = [label for _, label in rows]
+    frame["task"] = [task for task, _ in rows]
+    frame.to_csv(path, index=False)
+    return path
+
+
+# ---- case 1: text from users, files and folders is printed escaped ------------------------------------
+
+
+def test_markup_in_a_flag_is_one_literal_error_line(cli: Cli, tmp_path: Path) -> None:
+    # case 1: `lifelong run --benchmark '[/red]'` was a MarkupError traceback
+    code, _, err = cli("run", "--benchmark", "[/red]", "--out", str(tmp_path / "run"), *FAST)
+    assert "'[/red]'" in one_line(code, err)
+
+
+def test_markup_in_a_task_name_runs_to_the_end(cli: Cli, tmp_path: Path) -> None:
+    # case 1: a task-column value '[/x]' crashed the run after results.json, before report.html
+    data = table_file(tmp_path / "tasks.csv", ["[/x]", "b"])
+    out = tmp_path / "run"
+    code, stdout, err = cli(
+        "run", "--data", str(data), "--task-column", "task", "-s", "naive", "--out", str(out), *FAST
+    )
+    assert code == 0, err
+    assert "[/x]" in stdout
+    assert (out / "results.json").is_file() and (out / "report.html").is_file()
+
+
+def test_brackets_in_an_error_message_are_kept(cli: Cli, tmp_path: Path) -> None:
+    # case 1: `adapters merge a b --weights nan,1` printed "... weights " with the list gone
+    pytest.importorskip("peft")
+    from transformers import LlamaConfig
+
+    base = tmp_path / "base"
+    config = LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(base)
+    code, _, err = cli(
+        "adapters",
+        "merge",
+        "sql",
+        "poems",
+        "--weights",
+        "nan,1",
+        "--base",
+        str(base),
+        "--root",
+        str(tmp_path),
+    )
+    assert "weights [nan, 1.0]" in one_line(code, err)
+
+
+def test_markup_in_an_adapter_record_is_shown_literally(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # case 1: a lifelong.json "kind" with [link=...] markup showed as a clickable link
+    from lifelong.cli import adapters
+
+    monkeypatch.setattr(adapters.console, "width", 400)  # one row per adapter, nothing wrapped
+    link = "[link=file:///etc/passwd]click[/link]"
+    folder = tmp_path / "lib" / "task"
+    folder.mkdir(parents=True)
+    (folder / "lifelong.json").write_text(json.dumps({"format": 1, "base": {}, "kind": link}))
+    code, stdout, err = cli("adapters", "list", "--root", str(tmp_path / "lib"))
+    assert code == 0, err
+    assert link in stdout
+
+
+def test_a_control_character_in_a_column_name_is_shown_escaped(cli: Cli, tmp_path: Path) -> None:
+    # case 1: a raw ESC byte in a CSV column name reached the terminal
+    data = table_file(tmp_path / "esc.csv", ["a", "b"], columns=("f0", "\x1b[2Jwiped"))
+    code, _, err = cli(
+        "run", "--data", str(data), "--task-column", "task", "--label-column", "nope",
+        "--out", str(tmp_path / "run"), *FAST,
+    )  # fmt: skip
+    line = one_line(code, err)
+    assert "\x1b" not in line and "\\x1b[2Jwiped" in line
