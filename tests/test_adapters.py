@@ -21,7 +21,7 @@ pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
 from peft import LoraConfig
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     BertConfig,
@@ -463,14 +463,39 @@ def test_damaged_weights_file(trained: AdapterLibrary, tmp_path: Path, damage: s
     assert not library.info("dna").ok if damage == "missing" else library.info("dna").ok
 
 
-def test_unreadable_weights_file_without_checksum(trained: AdapterLibrary, tmp_path: Path) -> None:
+def test_unreadable_weights_file_with_a_matching_checksum(trained: AdapterLibrary, tmp_path: Path) -> None:
     library = copy_library(trained, tmp_path)
+    weights = library.root / "dna" / WEIGHTS_FILE
+    weights.write_bytes(b"not a safetensors file")
     meta_path = library.root / "dna" / META_FILE
     meta = json.loads(meta_path.read_text())
-    del meta["weights_sha256"]
+    meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     meta_path.write_text(json.dumps(meta))
-    (library.root / "dna" / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
     refused(library, "cannot be read", lambda: library.load("dna"))
+
+
+@pytest.mark.parametrize("checksum", ["missing", "empty"])
+def test_weights_without_a_checksum_are_refused(
+    trained: AdapterLibrary, tmp_path: Path, checksum: str
+) -> None:
+    # issue 15, case 3: with no weights_sha256, or "", changed weights loaded and exported with exit 0
+    library = copy_library(trained, tmp_path)
+    weights = library.root / "dna" / WEIGHTS_FILE
+    tensors = {name: torch.full_like(value, 7.0) for name, value in load_file(weights).items()}
+    save_file(tensors, weights)
+    meta_path = library.root / "dna" / META_FILE
+    meta = json.loads(meta_path.read_text())
+    if checksum == "missing":
+        del meta["weights_sha256"]
+    else:
+        meta["weights_sha256"] = ""
+    meta_path.write_text(json.dumps(meta))
+    export = tmp_path / "export"
+    refused(library, "no weights_sha256", lambda: library.load("dna"))
+    refused(library, "no weights_sha256", lambda: library.merge(["arith", "dna"]))
+    refused(library, "no weights_sha256", lambda: library.merge_and_unload("dna", export))
+    assert not export.exists()
+    assert "no weights_sha256" in str(library.info("dna").problem)
 
 
 def test_adapter_of_another_base_model(trained: AdapterLibrary, tmp_path: Path) -> None:

@@ -200,7 +200,9 @@ def check_weights(folder: Path, meta: dict[str, Any]) -> None:
 
     weights = folder / WEIGHTS_FILE
     expected = meta.get("weights_sha256")
-    if expected and sha256_file(weights) != expected:
+    if not expected or not isinstance(expected, str):
+        raise LifelongError(_no_checksum(folder))
+    if sha256_file(weights) != expected:
         raise LifelongError(
             f"{weights} does not match the checksum in its {META_FILE} (changed or truncated); "
             f"retrain the adapter or delete it (lifelong adapters delete {folder.name})"
@@ -210,6 +212,14 @@ def check_weights(folder: Path, meta: dict[str, Any]) -> None:
             handle.keys()
     except (SafetensorError, OSError) as err:
         raise LifelongError(f"{weights} cannot be read ({err}); retrain the adapter or delete it") from None
+
+
+def _no_checksum(folder: Path) -> str:
+    # Every adapter this package saves has one; without it a changed file would load unchecked.
+    return (
+        f"adapter '{folder.name}' has no weights_sha256 in its {META_FILE}, so its weights cannot be "
+        f"verified; retrain the adapter or delete it (lifelong adapters delete {folder.name})"
+    )
 
 
 def adapter_folder(root: Path, task: str) -> Path:
@@ -236,6 +246,9 @@ def adapter_problem(
             return (
                 f"adapter '{task}' has no {name}; retrain it or delete it (lifelong adapters delete {task})"
             )
+    checksum = meta.get("weights_sha256")
+    if not checksum or not isinstance(checksum, str):
+        return _no_checksum(folder)
     return None
 
 
