@@ -104,3 +104,31 @@ def test_a_control_character_in_a_column_name_is_shown_escaped(cli: Cli, tmp_pat
     )  # fmt: skip
     line = one_line(code, err)
     assert "\x1b" not in line and "\\x1b[2Jwiped" in line
+
+
+# ---- case 4: a YAML config cannot blow up memory or the stack ----------------------------------------
+
+BOMB = "\n".join(
+    ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        (BOMB, "aliases"),
+        ("epochs: " + "[" * 10_000 + "]" * 10_000, "nested"),
+        ("epochs: 1\n" + "#" * (1 << 20), "larger than"),
+    ],
+    ids=["alias-bomb", "deep-nesting", "huge-file"],
+)
+def test_a_hostile_yaml_config_is_refused_in_one_line(
+    cli: Cli, tmp_path: Path, text: str, phrase: str
+) -> None:
+    # case 4: nine levels of aliases took 1.9 GB and died with MemoryError; deep nesting, RecursionError
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    code, _, err = cli("run", "--config", str(config), "--out", str(tmp_path / "run"), *FAST)
+    assert phrase in one_line(code, err) and str(config) in err
+    assert not (tmp_path / "run").exists()
