@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lifelong.runs.folder import strategy_dir
+
 Cli = Callable[..., tuple[int, str, str]]
 FAST = ["--epochs", "1", "--no-progress"]
 
@@ -132,3 +134,47 @@ def test_a_hostile_yaml_config_is_refused_in_one_line(
     code, _, err = cli("run", "--config", str(config), "--out", str(tmp_path / "run"), *FAST)
     assert phrase in one_line(code, err) and str(config) in err
     assert not (tmp_path / "run").exists()
+
+
+# ---- case 8: a finished strategy's result.json is checked before it is reused ------------------------
+
+
+@pytest.fixture
+def unfinished(cli: Cli, tmp_path: Path) -> Path:
+    """A two-strategy run whose strategies both finished, made unfinished again (no results.json)."""
+    out = tmp_path / "run"
+    code, _, err = cli("run", "-s", "naive", "-s", "replay", "--out", str(out), *FAST)
+    assert code == 0, err
+    (out / "results.json").unlink()
+    return out
+
+
+def test_a_finished_strategy_of_other_settings_is_refused(cli: Cli, unfinished: Path) -> None:
+    # case 8: with run.json's epochs changed, the naive row of the old epochs was reused silently
+    run = json.loads((unfinished / "run.json").read_text())
+    run["settings"]["config"]["epochs"] = 2
+    (unfinished / "run.json").write_text(json.dumps(run))
+    code, _, err = cli("run", "--resume", str(unfinished), "--no-progress")
+    line = one_line(code, err)
+    assert "result.json" in line and "different config" in line
+    assert not (unfinished / "results.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a-list", "changed"])
+def test_a_damaged_finished_strategy_is_refused(cli: Cli, unfinished: Path, damage: str) -> None:
+    # case 8: a truncated or list result.json gave a JSONDecodeError / TypeError traceback; a changed
+    # one was trusted
+    result = strategy_dir(unfinished, 0, "naive") / "result.json"
+    text = result.read_text()
+    if damage == "truncated":
+        result.write_text(text[: len(text) // 2])
+    elif damage == "a-list":
+        result.write_text("[]")
+    else:
+        result.write_text(text.replace('"train_seconds": ', '"train_seconds": 1', 1))
+    code, _, err = cli("run", "--resume", str(unfinished), "--no-progress")
+    line = one_line(code, err)
+    assert str(result) in line and "delete it" in line
+    result.unlink()  # what the line says to do: the strategy is scored again from its last checkpoint
+    code, _, err = cli("run", "--resume", str(unfinished), "--no-progress")
+    assert code == 0, err

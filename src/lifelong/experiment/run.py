@@ -8,8 +8,6 @@ last) is `lifelong.runs.folder.RunFolder`, the same for every command that train
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
 from collections.abc import Callable
@@ -22,7 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from lifelong.core import metrics
-from lifelong.core.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
+from lifelong.core.checkpoint import (
+    json_digest,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checked_json,
+    save_checkpoint,
+    write_checked_json,
+)
 from lifelong.core.distributed import Processes
 from lifelong.core.learner import FitResult, Learner
 from lifelong.core.stream import Stream
@@ -39,6 +44,7 @@ from lifelong.runs.results import results_document, write_results
 from lifelong.strategies import REGISTRY, build_strategies
 
 COMMAND = "run"
+RESULT_FILE = "result.json"  # a finished strategy's record, in its checkpoint folder
 
 
 def seed_everything(seed: int) -> None:
@@ -69,7 +75,7 @@ def config_fingerprint(config: RunConfig, compositions: list[str]) -> str:
     """What a checkpoint must agree with to be resumed: every setting that changes the numbers."""
     settings = {k: v for k, v in config.to_json().items() if k not in ("out", "overwrite")}
     settings["strategies"] = compositions
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return json_digest(settings)
 
 
 def run_strategy(
@@ -89,8 +95,8 @@ def run_strategy(
     """
     processes = processes or Processes(config.device, config.precision)
     strategy_dir = folder.strategy_dir(index, composition) if folder is not None else None
-    if strategy_dir is not None and (strategy_dir / "result.json").is_file():
-        finished: dict[str, Any] = json.loads((strategy_dir / "result.json").read_text(encoding="utf-8"))
+    finished = _finished(strategy_dir, fingerprint) if strategy_dir is not None else None
+    if finished is not None:
         return finished
     strategies = build_strategies(composition)
     seed_everything(config.seed)
@@ -134,8 +140,28 @@ def run_strategy(
         "eval_seconds": round(fit.eval_seconds, 4),
     }
     if strategy_dir is not None and processes.is_main:
-        atomic_write_json(strategy_dir / "result.json", record)
+        write_checked_json(strategy_dir / RESULT_FILE, {"fingerprint": fingerprint, "result": record})
     return record
+
+
+def _finished(strategy_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The record a strategy left when it finished in an earlier, interrupted run of the same config."""
+    path = strategy_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    saved = read_checked_json(path)
+    if saved is None or not isinstance(saved.get("result"), dict):
+        raise LifelongError(
+            f"{path} is damaged or was changed (its checksum does not match); delete it to score this "
+            "strategy again from its last checkpoint"
+        )
+    if saved.get("fingerprint") != fingerprint:
+        raise LifelongError(
+            f"{path} was written with a different config than this run's {RUN_FILE}; "
+            "resume with the original settings or start a new run"
+        )
+    result: dict[str, Any] = saved["result"]
+    return result
 
 
 def _restore(
