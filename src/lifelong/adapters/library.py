@@ -422,10 +422,7 @@ class AdapterLibrary:
         """
         meta = self._meta(task)
         target = Path(out) if out is not None else self.root / store.EXPORTS / task
-        if target.exists() and any(target.iterdir()) and not overwrite:
-            raise LifelongError(
-                f"{target} already exists and is not empty; pass overwrite=True or another folder"
-            )
+        store.check_export_target(target, self.root, self._base_path, overwrite=overwrite)
         self.load(task)
         merging.export_merged(self._require_peft(), task, target, self.tokenizer, meta)
         return target

@@ -351,6 +351,46 @@ def save_adapter(peft: PeftModel, root: Path, task: str, meta: dict[str, Any], *
         _replace_folder(written, target)
 
 
+def _overlap(where: Path, folder: Path) -> str | None:
+    """How the resolved path ``where`` overlaps ``folder``: "is", "holds", "is inside", or None."""
+    kept = folder.resolve()
+    if where == kept:
+        return "is"
+    if where in kept.parents:
+        return "holds"
+    return "is inside" if kept in where.parents else None
+
+
+def check_export_target(target: Path, root: Path, base: Path | None, *, overwrite: bool) -> None:
+    """Refuse an export folder that is a file, names no folder, is not empty (unless ``overwrite``), or
+    whose replacement would take the library, one of its adapters, the base model or the current
+    folder with it; only ``root/_exports/<name>`` may lie inside the library."""
+    if target.name in ("", ".", ".."):
+        raise LifelongError(
+            f"export folder '{target}' names no new folder; give a path such as exported/model"
+        )
+    if target.exists() and not target.is_dir():
+        raise LifelongError(f"export folder {target} is a file; choose a folder path")
+    where = target.resolve()
+    in_exports = (root.resolve() / EXPORTS) in where.parents
+    guarded = (
+        ("the adapter library", root, in_exports),
+        ("the base model's folder", base, False),
+        ("the current folder", Path.cwd(), True),
+    )
+    for what, folder, may_be_inside in guarded:
+        relation = _overlap(where, folder) if folder is not None else None
+        if relation is not None and not (relation == "is inside" and may_be_inside):
+            raise LifelongError(
+                f"export folder {target} {relation} {what} {folder}, which the export would replace; "
+                f"choose a folder outside it (or under {root / EXPORTS})"
+            )
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise LifelongError(
+            f"{target} already exists and is not empty; pass overwrite=True or another folder"
+        )
+
+
 def save_export(model: Any, tokenizer: Any, target: Path, task: str, adapter_meta: dict[str, Any]) -> None:
     """Write ``model`` (``save_pretrained``), ``tokenizer`` and a record of the adapter ``task`` it was
     exported from to ``target`` in one rename."""
