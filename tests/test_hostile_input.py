@@ -178,3 +178,38 @@ def test_a_damaged_finished_strategy_is_refused(cli: Cli, unfinished: Path, dama
     result.unlink()  # what the line says to do: the strategy is scored again from its last checkpoint
     code, _, err = cli("run", "--resume", str(unfinished), "--no-progress")
     assert code == 0, err
+
+
+# ---- case 5: a model folder whose weights are only pickles is refused unless allowed -----------------
+
+
+def test_a_model_folder_with_only_pickled_weights_is_refused(tmp_path: Path) -> None:
+    # case 5: a folder holding only pytorch_model.bin was unpickled by transformers
+    pytest.importorskip("peft")
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from lifelong.adapters import AdapterLibrary
+    from lifelong.errors import LifelongError
+    from lifelong.llm.models import load_model
+
+    config = LlamaConfig(vocab_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    config.architectures = ["LlamaForCausalLM"]
+    model, folder = LlamaForCausalLM(config), tmp_path / "model"
+    config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token="</s>", unk_token="<unk>").save_pretrained(
+        folder
+    )
+
+    for load in (lambda: load_model(folder), lambda: AdapterLibrary(folder, tmp_path / "lib").base):
+        with pytest.raises(LifelongError) as refused:
+            load()
+        message = str(refused.value)
+        assert str(folder) in message and "pytorch_model.bin" in message and "allow_pickle=True" in message
+    loaded, _ = load_model(folder, allow_pickle=True)
+    base = AdapterLibrary(folder, tmp_path / "lib", allow_pickle=True).base
+    for opted_in in (loaded, base):
+        assert torch.equal(opted_in.get_input_embeddings().weight, model.get_input_embeddings().weight)
