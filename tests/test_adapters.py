@@ -21,7 +21,7 @@ pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
 from peft import LoraConfig
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     BertConfig,
@@ -412,6 +412,37 @@ def test_merge_and_unload_writes_a_standalone_model(trained: AdapterLibrary, tmp
         trained.merge_and_unload("prose", out)
 
 
+def test_export_never_replaces_the_library_an_adapter_or_the_base(
+    trained: AdapterLibrary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 15, case 9: `adapters export --overwrite --out` replaced the library root, an adapter's
+    # folder or the base model's folder wholesale; an existing file or '.' gave a traceback
+    base = tmp_path / "base"
+    llama().save_pretrained(base)
+    shutil.copytree(trained.root, tmp_path / "lib")
+    library = AdapterLibrary(base, tmp_path / "lib")
+    base_files = sorted(p.name for p in base.iterdir())
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for out, phrase in [
+        (library.root, "is the adapter library"),
+        (tmp_path, "holds the adapter library"),
+        (library.root / "arith", "is inside the adapter library"),
+        (library.root / "new", "is inside the adapter library"),
+        (base, "is the base model's folder"),
+        (base / "sub", "is inside the base model's folder"),
+        (tmp_path / "afile", "is a file"),
+        (Path("."), "names no new folder"),
+        (tmp_path / "cwd", "is the current folder"),
+    ]:
+        refused(library, phrase, lambda out=out: library.merge_and_unload("arith", out, overwrite=True))
+    assert sorted(p.name for p in base.iterdir()) == base_files
+    assert (tmp_path / "afile").read_text() == "mine"
+    default = library.merge_and_unload("arith", overwrite=True)
+    assert default == library.root / "_exports" / "arith" and (default / "config.json").is_file()
+
+
 def test_delete_removes_the_adapter_from_disk_and_memory(trained: AdapterLibrary, tmp_path: Path) -> None:
     library = copy_library(trained, tmp_path)
     library.load("dna")
@@ -463,14 +494,39 @@ def test_damaged_weights_file(trained: AdapterLibrary, tmp_path: Path, damage: s
     assert not library.info("dna").ok if damage == "missing" else library.info("dna").ok
 
 
-def test_unreadable_weights_file_without_checksum(trained: AdapterLibrary, tmp_path: Path) -> None:
+def test_unreadable_weights_file_with_a_matching_checksum(trained: AdapterLibrary, tmp_path: Path) -> None:
     library = copy_library(trained, tmp_path)
+    weights = library.root / "dna" / WEIGHTS_FILE
+    weights.write_bytes(b"not a safetensors file")
     meta_path = library.root / "dna" / META_FILE
     meta = json.loads(meta_path.read_text())
-    del meta["weights_sha256"]
+    meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     meta_path.write_text(json.dumps(meta))
-    (library.root / "dna" / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
     refused(library, "cannot be read", lambda: library.load("dna"))
+
+
+@pytest.mark.parametrize("checksum", ["missing", "empty"])
+def test_weights_without_a_checksum_are_refused(
+    trained: AdapterLibrary, tmp_path: Path, checksum: str
+) -> None:
+    # issue 15, case 3: with no weights_sha256, or "", changed weights loaded and exported with exit 0
+    library = copy_library(trained, tmp_path)
+    weights = library.root / "dna" / WEIGHTS_FILE
+    tensors = {name: torch.full_like(value, 7.0) for name, value in load_file(weights).items()}
+    save_file(tensors, weights)
+    meta_path = library.root / "dna" / META_FILE
+    meta = json.loads(meta_path.read_text())
+    if checksum == "missing":
+        del meta["weights_sha256"]
+    else:
+        meta["weights_sha256"] = ""
+    meta_path.write_text(json.dumps(meta))
+    export = tmp_path / "export"
+    refused(library, "no weights_sha256", lambda: library.load("dna"))
+    refused(library, "no weights_sha256", lambda: library.merge(["arith", "dna"]))
+    refused(library, "no weights_sha256", lambda: library.merge_and_unload("dna", export))
+    assert not export.exists()
+    assert "no weights_sha256" in str(library.info("dna").problem)
 
 
 def test_adapter_of_another_base_model(trained: AdapterLibrary, tmp_path: Path) -> None:
@@ -608,6 +664,12 @@ def test_cli_train_list_route_merge_export_delete(
     )  # fmt: skip
     assert code == 0, err
     assert (Path(json.loads(out)["path"]) / "tokenizer.json").is_file()
+    for bad in (".", str(tmp_path / "arith.jsonl")):  # issue 15, case 9: tracebacks before
+        code, _, err = adapters_cli(
+            "adapters", "export", "arith", "--base", str(base_folder), "--root", str(root), "--out", bad,
+            "--overwrite",
+        )  # fmt: skip
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
     code, out, _ = adapters_cli("adapters", "delete", "dna", "--root", str(root), "--yes")
     assert code == 0 and not (root / "dna").exists()
 

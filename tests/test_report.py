@@ -150,6 +150,23 @@ def test_strategy_names_are_escaped(tmp_path: Path) -> None:
     assert len(embedded_images(page)) == 5  # '$' in a label did not break matplotlib's text
 
 
+def test_report_md_fields_cannot_inject_html(tmp_path: Path) -> None:
+    # issue 15, case 2: a config key with a line break left its code span, and a CommonMark renderer
+    # with raw HTML on showed a live <img onerror>
+    from markdown_it import MarkdownIt
+
+    key = "x\n<img src=x onerror=alert(1)>"
+    document = synthetic(["naive"])
+    document["config"] |= {key: "v", "y`\r\n\n<script>": "w\n\n<b onclick=1>"}
+    write_report(tmp_path, document)
+    markdown = (tmp_path / "report.md").read_text("utf-8")
+    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+    tags = re.findall(r"<(?:img|script|b)\b[^>]*>", rendered)
+    assert all(tag.startswith('<img src="plots/') for tag in tags), tags
+    assert "<td>x\\x0a&lt;img src=x onerror=alert(1)&gt;</td>" in rendered
+    assert "<td>y`\\x0d\\x0a\\x0a&lt;script&gt;</td>" in rendered
+
+
 def test_lower_is_better_labels_and_best_values(tmp_path: Path) -> None:
     document = synthetic(["a", "b"], higher_is_better=False)
     document["score_name"] = "perplexity $\\"

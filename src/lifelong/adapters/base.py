@@ -10,6 +10,7 @@ import torch
 
 from lifelong.adapters.peft_calls import freeze
 from lifelong.errors import LifelongError
+from lifelong.models.hf import weights_format
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -60,12 +61,16 @@ def read_base_config(path: Path, num_labels: int | None) -> PretrainedConfig:
         raise LifelongError(f"cannot read the config of base model {path}: {err}") from None
 
 
-def load_base_model(path: Path, config: PretrainedConfig, kind: ModelKind) -> PreTrainedModel:
+def load_base_model(
+    path: Path, config: PretrainedConfig, kind: ModelKind, allow_pickle: bool = False
+) -> PreTrainedModel:
+    """The base model in ``path``, from safetensors only unless ``allow_pickle`` (see `weights_format`)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
+    safe = weights_format(path, allow_pickle)
     try:
-        return auto.from_pretrained(str(path), config=config, local_files_only=True)
+        return auto.from_pretrained(str(path), config=config, local_files_only=True, **safe)
     except (OSError, ValueError) as err:
         raise LifelongError(f"cannot load base model {path}: {err}") from None
 

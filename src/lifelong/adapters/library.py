@@ -41,6 +41,9 @@ class AdapterLibrary:
     The library keeps one PEFT model in memory, the base with every loaded adapter attached; `load`
     switches which adapter is active. PEFT wraps the base in place, so a built model passed in gets
     LoRA layers (inactive unless an adapter is active). The base's own weights never change.
+
+    A base folder loads from safetensors only; ``allow_pickle=True`` also loads one whose weights are
+    only pickles (``pytorch_model.bin``), which can run code: pass it only for a folder you trust.
     """
 
     def __init__(
@@ -52,8 +55,10 @@ class AdapterLibrary:
         num_labels: int | None = None,
         tokenizer: Any = None,
         device: str | torch.device | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.allow_pickle = allow_pickle
         if self.root.exists() and not self.root.is_dir():
             raise LifelongError(f"adapter root {self.root} is a file, not a folder; choose another path")
         self.tokenizer = tokenizer
@@ -86,7 +91,7 @@ class AdapterLibrary:
         """The base model, loaded on first use and frozen (with adapters attached once any is loaded)."""
         if self._base is None:
             assert self._base_path is not None
-            self._base = load_base_model(self._base_path, self.config, self.kind)
+            self._base = load_base_model(self._base_path, self.config, self.kind, self.allow_pickle)
             if self.tokenizer is None:
                 self.tokenizer = folder_tokenizer(self._base_path)
             prepare_base(self._base, self.device)
@@ -422,10 +427,7 @@ class AdapterLibrary:
         """
         meta = self._meta(task)
         target = Path(out) if out is not None else self.root / store.EXPORTS / task
-        if target.exists() and any(target.iterdir()) and not overwrite:
-            raise LifelongError(
-                f"{target} already exists and is not empty; pass overwrite=True or another folder"
-            )
+        store.check_export_target(target, self.root, self._base_path, overwrite=overwrite)
         self.load(task)
         merging.export_merged(self._require_peft(), task, target, self.tokenizer, meta)
         return target

@@ -200,7 +200,9 @@ def check_weights(folder: Path, meta: dict[str, Any]) -> None:
 
     weights = folder / WEIGHTS_FILE
     expected = meta.get("weights_sha256")
-    if expected and sha256_file(weights) != expected:
+    if not expected or not isinstance(expected, str):
+        raise LifelongError(_no_checksum(folder))
+    if sha256_file(weights) != expected:
         raise LifelongError(
             f"{weights} does not match the checksum in its {META_FILE} (changed or truncated); "
             f"retrain the adapter or delete it (lifelong adapters delete {folder.name})"
@@ -210,6 +212,14 @@ def check_weights(folder: Path, meta: dict[str, Any]) -> None:
             handle.keys()
     except (SafetensorError, OSError) as err:
         raise LifelongError(f"{weights} cannot be read ({err}); retrain the adapter or delete it") from None
+
+
+def _no_checksum(folder: Path) -> str:
+    # Every adapter this package saves has one; without it a changed file would load unchecked.
+    return (
+        f"adapter '{folder.name}' has no weights_sha256 in its {META_FILE}, so its weights cannot be "
+        f"verified; retrain the adapter or delete it (lifelong adapters delete {folder.name})"
+    )
 
 
 def adapter_folder(root: Path, task: str) -> Path:
@@ -236,6 +246,9 @@ def adapter_problem(
             return (
                 f"adapter '{task}' has no {name}; retrain it or delete it (lifelong adapters delete {task})"
             )
+    checksum = meta.get("weights_sha256")
+    if not checksum or not isinstance(checksum, str):
+        return _no_checksum(folder)
     return None
 
 
@@ -336,6 +349,46 @@ def save_adapter(peft: PeftModel, root: Path, task: str, meta: dict[str, Any], *
                 f"an adapter for task '{task}' appeared in {root} meanwhile; nothing was saved"
             )
         _replace_folder(written, target)
+
+
+def _overlap(where: Path, folder: Path) -> str | None:
+    """How the resolved path ``where`` overlaps ``folder``: "is", "holds", "is inside", or None."""
+    kept = folder.resolve()
+    if where == kept:
+        return "is"
+    if where in kept.parents:
+        return "holds"
+    return "is inside" if kept in where.parents else None
+
+
+def check_export_target(target: Path, root: Path, base: Path | None, *, overwrite: bool) -> None:
+    """Refuse an export folder that is a file, names no folder, is not empty (unless ``overwrite``), or
+    whose replacement would take the library, one of its adapters, the base model or the current
+    folder with it; only ``root/_exports/<name>`` may lie inside the library."""
+    if target.name in ("", ".", ".."):
+        raise LifelongError(
+            f"export folder '{target}' names no new folder; give a path such as exported/model"
+        )
+    if target.exists() and not target.is_dir():
+        raise LifelongError(f"export folder {target} is a file; choose a folder path")
+    where = target.resolve()
+    in_exports = (root.resolve() / EXPORTS) in where.parents
+    guarded = (
+        ("the adapter library", root, in_exports),
+        ("the base model's folder", base, False),
+        ("the current folder", Path.cwd(), True),
+    )
+    for what, folder, may_be_inside in guarded:
+        relation = _overlap(where, folder) if folder is not None else None
+        if relation is not None and not (relation == "is inside" and may_be_inside):
+            raise LifelongError(
+                f"export folder {target} {relation} {what} {folder}, which the export would replace; "
+                f"choose a folder outside it (or under {root / EXPORTS})"
+            )
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise LifelongError(
+            f"{target} already exists and is not empty; pass overwrite=True or another folder"
+        )
 
 
 def save_export(model: Any, tokenizer: Any, target: Path, task: str, adapter_meta: dict[str, Any]) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from lifelong.errors import LifelongError
+from lifelong.report.text import safe_text, terminal, visible
 
 if TYPE_CHECKING:
     from lifelong.adapters import AdapterInfo, AdapterLibrary
@@ -25,7 +25,7 @@ adapters_app = typer.Typer(
     no_args_is_help=True,
     help="Per-task LoRA adapters on one frozen base model: train, list, show, merge, route, export, delete.",
 )
-console = Console()
+console = terminal()
 
 Root = Annotated[Path, typer.Option("--root", help="Folder that holds the adapters.")]
 Base = Annotated[Path, typer.Option("--base", help="Base model: a saved Hugging Face model folder.")]
@@ -81,12 +81,12 @@ def _echo_json(value: Any) -> None:
 def _eval_text(info: AdapterInfo) -> str:
     if not info.eval:
         return "—"
-    return f"{info.eval.get('metric')} {info.eval.get('value'):.3g}"
+    return safe_text(f"{info.eval.get('metric')} {info.eval.get('value'):.3g}")
 
 
 def _table(infos: list[AdapterInfo], title: str) -> Table:
     """One row per adapter; narrow enough for an 80-column terminal (`show` and `--json` have the rest)."""
-    table = Table(title=title)
+    table = Table(title=safe_text(title))
     table.add_column("task", no_wrap=True)
     table.add_column("kind")
     table.add_column("r/alpha", justify="right")
@@ -98,16 +98,19 @@ def _table(infos: list[AdapterInfo], title: str) -> Table:
     table.add_column("status")
     for info in infos:
         kind = info.kind if not info.parents else f"{info.method}({'+'.join(info.parents)})"
-        table.add_row(
+        cells = (
             info.task,
             kind,
             f"{info.r}/{info.alpha:g}" if info.r is not None and info.alpha is not None else "—",
             ",".join(info.target_modules) or "—",
             str(info.data_size if info.data_size is not None else "—"),
+        )
+        table.add_row(
+            *map(safe_text, cells),
             _eval_text(info),
             f"{info.size_bytes / 1024:.0f} KiB" if info.size_bytes else "—",
-            info.created[:10] or "—",
-            "ok" if info.ok else f"[red]{info.problem}[/]",
+            safe_text(info.created[:10]) or "—",
+            "ok" if info.ok else f"[red]{safe_text(info.problem)}[/]",
         )
     return table
 
@@ -129,7 +132,7 @@ def list_command(
     if json_:
         _echo_json([i.to_json() for i in infos])
     elif not infos:
-        console.print(f"no adapters in {root}")
+        console.print(f"no adapters in {safe_text(root)}")
     else:
         console.print(_table(infos, f"adapters in {root}"))
 
@@ -153,7 +156,7 @@ def show(task: str, root: Root = Path("adapters"), json_: Json = False) -> None:
     table = Table(show_header=False, title="record")
     for key in ("base", "training", "eval", "labels", "parents", "weights", "method", "density", "versions"):
         if meta.get(key) is not None:
-            table.add_row(key, json.dumps(meta[key]))
+            table.add_row(key, safe_text(json.dumps(meta[key])))
     console.print(table)
 
 
@@ -271,14 +274,16 @@ def route(
     if json_:
         _echo_json(result.to_json())
         return
-    table = Table(title=f"routing ({result.metric}: {'lower' if result.metric == 'loss' else 'higher'} wins)")
+    wins = "lower" if result.metric == "loss" else "higher"
+    table = Table(title=f"routing ({safe_text(result.metric)}: {wins} wins)")
     for column in ("#", "example", "adapter", result.metric, *(["prediction"] if result.predictions else [])):
         table.add_column(column)
     for i, choice in enumerate(result.choices):
         shown = examples[i] if isinstance(examples[i], str) else json.dumps(examples[i])
-        row = [str(i), shown[:60] + ("…" if len(shown) > 60 else ""), choice, f"{result.scores[i]:.4f}"]
+        row = [str(i), safe_text(shown[:60] + ("…" if len(shown) > 60 else "")), safe_text(choice)]
+        row.append(f"{result.scores[i]:.4f}")
         if result.predictions is not None:
-            row.append(str(result.predictions[i]))
+            row.append(safe_text(result.predictions[i]))
         table.add_row(*row)
     console.print(table)
 
@@ -297,7 +302,7 @@ def export(
     if json_:
         _echo_json({"task": task, "path": str(path)})
     else:
-        console.print(f"exported {task} to {path}")
+        console.print(f"exported {safe_text(task)} to {safe_text(path)}")
 
 
 @adapters_app.command("delete")
@@ -311,10 +316,10 @@ def delete(
     from lifelong.adapters import adapter_folder, delete_adapter
 
     folder = adapter_folder(root, task)
-    if not yes and not typer.confirm(f"delete adapter {folder}?"):
+    if not yes and not typer.confirm(f"delete adapter {visible(folder)}?"):
         raise typer.Exit(1)
     delete_adapter(root, task)
     if json_:
         _echo_json({"deleted": task, "path": str(folder)})
     else:
-        console.print(f"deleted {folder}")
+        console.print(f"deleted {safe_text(folder)}")

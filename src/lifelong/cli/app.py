@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from typer.core import TyperOption
 
@@ -17,6 +16,7 @@ from lifelong.cli.options import ConfigFile, Resume, ShowProgress, Threads, give
 from lifelong.core.distributed import is_main_process
 from lifelong.errors import LifelongError
 from lifelong.experiment.settings import RunConfig, load_yaml_config, make_config
+from lifelong.report.text import safe_text, terminal
 from lifelong.runs.results import versions
 
 app = typer.Typer(
@@ -28,8 +28,8 @@ app.add_typer(adapters_app, name="adapters")
 app.command()(cli_llm.pretrain)
 app.command()(cli_llm.perplexity)
 app.command()(cli_llm.finetune)
-console = Console()
-err_console = Console(stderr=True)
+console = terminal()
+err_console = terminal(stderr=True)
 
 
 def _print_versions(asked: bool) -> None:
@@ -107,7 +107,7 @@ def report(
     from lifelong.report import report_runs
 
     for path in report_runs(run_dirs, out):
-        console.print(f"report written to {path}")
+        console.print(f"report written to {safe_text(path)}")
 
 
 @app.command()
@@ -119,7 +119,7 @@ def benchmarks() -> None:
     for column in ("name", "description", "options"):
         table.add_column(column)
     for bench in BENCHMARKS.values():
-        table.add_row(bench.name, bench.description, _options(bench.options()))
+        table.add_row(safe_text(bench.name), safe_text(bench.description), _options(bench.options()))
     console.print(table)
 
 
@@ -133,12 +133,12 @@ def strategies() -> None:
         table.add_column(column)
     for name, cls in REGISTRY.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        table.add_row(name, doc, _options(strategy_options(name)))
+        table.add_row(safe_text(name), safe_text(doc), _options(strategy_options(name)))
     console.print(table)
 
 
 def _options(options: list[tuple[str, object]]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in options) or "—"
+    return safe_text(", ".join(f"{k}={v}" for k, v in options)) or "—"
 
 
 def _without_type_column(command: Any) -> None:
@@ -159,7 +159,7 @@ def main() -> None:
         command(prog_name="lifelong")
     except LifelongError as err:
         if is_main_process():  # every process of a multi-process run meets the same error
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {safe_text(err)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

@@ -37,6 +37,29 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode("utf-8"))
 
 
+def json_digest(value: Any) -> str:
+    """SHA-256 of ``value`` as canonical JSON: the same for a value and for its JSON round trip."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def write_checked_json(path: Path, value: dict[str, Any]) -> None:
+    """Write ``value`` atomically with the checksum of its content, for `read_checked_json`."""
+    atomic_write_json(path, {**value, "sha256": json_digest(value)})
+
+
+def read_checked_json(path: Path) -> dict[str, Any] | None:
+    """What `write_checked_json` wrote to ``path``; None if the file cannot be read, is not such a
+    document, or was changed since."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(value, dict):
+            return None
+        checksum = value.pop("sha256", None)
+        return value if checksum == json_digest(value) else None
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
 # ---- checkpoints: tensors in safetensors, everything else in JSON, a manifest of checksums ----------
 
 CHECKPOINT_FORMAT = 1

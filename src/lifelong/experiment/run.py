@@ -8,8 +8,6 @@ last) is `lifelong.runs.folder.RunFolder`, the same for every command that train
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
 from collections.abc import Callable
@@ -19,10 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from lifelong.core import metrics
-from lifelong.core.checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint, save_checkpoint
+from lifelong.core.checkpoint import (
+    json_digest,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checked_json,
+    save_checkpoint,
+    write_checked_json,
+)
 from lifelong.core.distributed import Processes
 from lifelong.core.learner import FitResult, Learner
 from lifelong.core.stream import Stream
@@ -32,12 +37,14 @@ from lifelong.errors import LifelongError
 from lifelong.experiment.settings import RunConfig, make_config
 from lifelong.models import build_model
 from lifelong.report import print_results, write_report
+from lifelong.report.text import DescriptionColumn, safe_text, terminal
 from lifelong.runs.callbacks import TaskLog, commit_task
 from lifelong.runs.folder import RESULTS_FILE, RUN_FILE, RunFolder, default_out, keep_only
 from lifelong.runs.results import results_document, write_results
 from lifelong.strategies import REGISTRY, build_strategies
 
 COMMAND = "run"
+RESULT_FILE = "result.json"  # a finished strategy's record, in its checkpoint folder
 
 
 def seed_everything(seed: int) -> None:
@@ -68,7 +75,7 @@ def config_fingerprint(config: RunConfig, compositions: list[str]) -> str:
     """What a checkpoint must agree with to be resumed: every setting that changes the numbers."""
     settings = {k: v for k, v in config.to_json().items() if k not in ("out", "overwrite")}
     settings["strategies"] = compositions
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return json_digest(settings)
 
 
 def run_strategy(
@@ -88,8 +95,8 @@ def run_strategy(
     """
     processes = processes or Processes(config.device, config.precision)
     strategy_dir = folder.strategy_dir(index, composition) if folder is not None else None
-    if strategy_dir is not None and (strategy_dir / "result.json").is_file():
-        finished: dict[str, Any] = json.loads((strategy_dir / "result.json").read_text(encoding="utf-8"))
+    finished = _finished(strategy_dir, fingerprint) if strategy_dir is not None else None
+    if finished is not None:
         return finished
     strategies = build_strategies(composition)
     seed_everything(config.seed)
@@ -133,8 +140,28 @@ def run_strategy(
         "eval_seconds": round(fit.eval_seconds, 4),
     }
     if strategy_dir is not None and processes.is_main:
-        atomic_write_json(strategy_dir / "result.json", record)
+        write_checked_json(strategy_dir / RESULT_FILE, {"fingerprint": fingerprint, "result": record})
     return record
+
+
+def _finished(strategy_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The record a strategy left when it finished in an earlier, interrupted run of the same config."""
+    path = strategy_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    saved = read_checked_json(path)
+    if saved is None or not isinstance(saved.get("result"), dict):
+        raise LifelongError(
+            f"{path} is damaged or was changed (its checksum does not match); delete it to score this "
+            "strategy again from its last checkpoint"
+        )
+    if saved.get("fingerprint") != fingerprint:
+        raise LifelongError(
+            f"{path} was written with a different config than this run's {RUN_FILE}; "
+            "resume with the original settings or start a new run"
+        )
+    result: dict[str, Any] = saved["result"]
+    return result
 
 
 def _restore(
@@ -249,12 +276,12 @@ def run_experiment(
 
     ``resume`` continues the unfinished run in that folder, after its last complete task.
     """
-    console = console or Console()
+    console = console or terminal()
     folder, config, compositions, processes = _open(
         config, resume, lambda c: Processes(c.device, c.precision)
     )
     if not processes.is_main:
-        console, show_progress = Console(quiet=True), False
+        console, show_progress = terminal(quiet=True), False
     started = time.perf_counter()
     try:
         stream = build_stream(config)
@@ -295,7 +322,7 @@ def run_experiment(
 
 def _progress(console: Console, show: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        DescriptionColumn(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -308,11 +335,12 @@ def _progress(console: Console, show: bool) -> Progress:
 def _publish(console: Console, run_dir: Path, document: dict[str, Any], task_names: list[str]) -> None:
     """Print the tables and write the report once the results are safe on disk."""
     print_results(console, document, task_names)
-    console.print(f"results written to {run_dir / RESULTS_FILE}")
+    console.print(f"results written to {safe_text(run_dir / RESULTS_FILE)}")
     try:
         _, html = write_report(run_dir, document)
-        console.print(f"report written to {html}")
+        console.print(f"report written to {safe_text(html)}")
     except Exception as err:  # the results are safe on disk; a plotting problem must not lose the run
         console.print(
-            f"[yellow]warning:[/] the report could not be written ({err}); retry with lifelong report {run_dir}"
+            f"[yellow]warning:[/] the report could not be written ({safe_text(err)}); "
+            f"retry with lifelong report {safe_text(run_dir)}"
         )

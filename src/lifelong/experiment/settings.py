@@ -89,14 +89,30 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# A run's settings fit in a few lines; these bounds only stop files built to exhaust memory or the stack.
+CONFIG_MAX_BYTES = 1 << 20
+CONFIG_MAX_DEPTH = 16
+
+
 def load_yaml_config(path: Path) -> dict[str, Any]:
-    """Read a YAML config; keys are the long flag names with ``-`` or ``_``; ``strategy`` may be a list."""
+    """Read a YAML config; keys are the long flag names with ``-`` or ``_``; ``strategy`` may be a list.
+
+    Anchors and aliases are refused: nine levels of aliases in one kilobyte expand to gigabytes.
+    """
     import yaml
 
     if not path.is_file():
         raise LifelongError(f"config file {path} does not exist; check the path given to --config")
+    with path.open("rb") as handle:
+        data = handle.read(CONFIG_MAX_BYTES + 1)
+    if len(data) > CONFIG_MAX_BYTES:
+        raise LifelongError(
+            f"config file {path} is larger than {CONFIG_MAX_BYTES // (1 << 20)} MiB; a run's settings fit in a few lines"
+        )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+        _check_yaml_shape(text, path)
+        raw = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise LifelongError(
             f"config file {path} is not valid YAML ({type(err).__name__}); fix its syntax"
@@ -119,6 +135,35 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
             )
         out[name] = _normalise_strategies(value, path) if name == "strategies" else value
     return out
+
+
+def _check_yaml_shape(text: str, path: Path) -> None:
+    """Refuse anchors, aliases and deep nesting from the token stream, before PyYAML's recursive
+    composer builds anything."""
+    import yaml
+
+    opening = (
+        yaml.BlockSequenceStartToken,
+        yaml.BlockMappingStartToken,
+        yaml.FlowSequenceStartToken,
+        yaml.FlowMappingStartToken,
+    )
+    closing = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, yaml.AnchorToken | yaml.AliasToken):
+            raise LifelongError(
+                f"config file {path} uses YAML anchors or aliases (&name, *name); write each value out in full"
+            )
+        if isinstance(token, opening):
+            depth += 1
+            if depth > CONFIG_MAX_DEPTH:
+                raise LifelongError(
+                    f"config file {path} is nested more than {CONFIG_MAX_DEPTH} levels deep; "
+                    "a run's settings are keys with plain values or short lists"
+                )
+        elif isinstance(token, closing):
+            depth -= 1
 
 
 def _normalise_strategies(value: Any, path: Path) -> list[str]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from lifelong.core.spec import bind, parse_spec
 from lifelong.errors import LifelongError
 from lifelong.llm.corpora import BUILTIN_CORPORA, builtin_corpus, split_documents
-from lifelong.models.hf import offline
+from lifelong.models.hf import offline, weights_format
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -193,16 +193,19 @@ def check_model_folder(folder: Path) -> None:
         )
 
 
-def load_model(model: str | Path, dtype: Any = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    model: str | Path, dtype: Any = None, *, allow_pickle: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for ``tiny-llama[:hidden=..,layers=..]`` or a local Hugging Face folder.
 
     A folder holding a PEFT adapter (``adapter_config.json``) loads its base model from the local
     folder the adapter names, with the adapter trainable. ``dtype`` is passed to ``from_pretrained``
-    (default: what the folder was saved in).
+    (default: what the folder was saved in). Weights load from safetensors only: a folder holding
+    only pickled weights (``pytorch_model.bin``) is refused unless ``allow_pickle=True``.
     """
     folder = resolve_model_folder(model)
     check_model_folder(folder)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
@@ -217,9 +220,9 @@ def load_model(model: str | Path, dtype: Any = None) -> tuple[PreTrainedModel, P
             ) from None
         try:
             if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-                loaded = _load_adapter(folder, kwargs)
+                loaded = _load_adapter(folder, kwargs, allow_pickle)
             else:
-                loaded = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+                loaded = _causal_lm(folder, kwargs, allow_pickle)
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise LifelongError(
                 f"the model in {folder} cannot be loaded as a causal LM ({_first_line(err)}); "
@@ -232,9 +235,8 @@ def load_model(model: str | Path, dtype: Any = None) -> tuple[PreTrainedModel, P
     return loaded, tokenizer
 
 
-def _load_adapter(folder: Path, kwargs: dict[str, Any]) -> PreTrainedModel:
+def _load_adapter(folder: Path, kwargs: dict[str, Any], allow_pickle: bool) -> PreTrainedModel:
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     base = Path(str(config.get("base_model_name_or_path") or ""))
@@ -243,9 +245,19 @@ def _load_adapter(folder: Path, kwargs: dict[str, Any]) -> PreTrainedModel:
             f"the adapter in {folder} names base model '{base}', which is not a local model folder; "
             "set base_model_name_or_path in adapter_config.json to the base model's folder"
         )
-    model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    weights_format(folder, allow_pickle)  # PEFT reads safetensors whenever a folder has them
+    model = _causal_lm(base, kwargs, allow_pickle)
     peft_model: Any = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     return cast("PreTrainedModel", peft_model)
+
+
+def _causal_lm(folder: Path, kwargs: dict[str, Any], allow_pickle: bool) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
+    loaded: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+        str(folder), **kwargs, **weights_format(folder, allow_pickle)
+    )
+    return loaded
 
 
 def vocab_size(model: Any) -> int:
@@ -257,7 +269,9 @@ def to_device(model: Any, device: str) -> None:
     model.to(device)
 
 
-def model_supply(model: str | Path, loaded: Any, device: str) -> Callable[[], Any]:
+def model_supply(
+    model: str | Path, loaded: Any, device: str, *, allow_pickle: bool = False
+) -> Callable[[], Any]:
     """Models for one composition after another: ``loaded`` first (unless None), then fresh loads of
     ``model`` on ``device``, so that one model (not two) is in memory at a time."""
     untouched = [] if loaded is None else [loaded]
@@ -265,7 +279,7 @@ def model_supply(model: str | Path, loaded: Any, device: str) -> Callable[[], An
     def fresh() -> Any:
         if untouched:
             return untouched.pop()
-        reloaded, _ = load_model(model)
+        reloaded, _ = load_model(model, allow_pickle=allow_pickle)
         to_device(reloaded, device)
         return reloaded
 

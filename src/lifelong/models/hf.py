@@ -5,6 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lifelong.errors import LifelongError
+
+# Weights in these formats are Python pickles: loading one can run any code its author put in it.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @contextlib.contextmanager
@@ -27,3 +34,22 @@ def offline() -> Iterator[None]:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = saved
+
+
+def weights_format(folder: Path, allow_pickle: bool = False) -> dict[str, Any]:
+    """The ``from_pretrained`` keywords that load ``folder``'s weights from safetensors only.
+
+    A folder whose only weights are pickles is refused, unless ``allow_pickle`` says its author is
+    trusted; then transformers picks safetensors where there are some and unpickles the rest.
+    """
+    if allow_pickle:
+        return {}
+    files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    pickles = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not any(p.suffix == ".safetensors" for p in files):
+        raise LifelongError(
+            f"model folder {folder} holds its weights only as pickle files ({', '.join(pickles[:3])}), "
+            "which can run code when loaded; convert them to safetensors (load the model once and "
+            "save_pretrained it), or load it with allow_pickle=True if you trust the folder"
+        )
+    return {"use_safetensors": True}

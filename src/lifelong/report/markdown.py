@@ -7,13 +7,16 @@ import html
 import re
 
 from lifelong.report.plots import PLOTS_DIR, Plot
+from lifelong.report.text import visible
 from lifelong.report.view import View, columns, comparison_note, comparison_rows, keyed_rows, summary_line
 
 
 def _md(text: str) -> str:
-    """Text shown literally in Markdown: HTML-escaped (renderers pass raw HTML through) and with the
-    characters that would start emphasis, code, links or table cells backslash-escaped."""
-    return re.sub(r"([\\`*_\[\]|#])", r"\\\1", html.escape(text, quote=False)).replace("\n", " ")
+    """Text shown literally in Markdown, on one line (control characters and line breaks written as
+    escapes, so no text can end a table row or start a block), HTML-escaped (renderers pass raw HTML
+    through), and with the characters that would start emphasis, code, links, strikethrough or table
+    cells backslash-escaped."""
+    return re.sub(r"([\\`*_\[\]|#~])", r"\\\1", html.escape(visible(text), quote=False))
 
 
 def _md_table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
@@ -30,9 +33,9 @@ def markdown_report(view: View, forgetting: Plot, pairs: list[tuple[Plot, Plot]]
     lines = [f"# lifelong report: {_md(view.benchmark)}", "", _md(summary_line(view)), ""]
     lines += [f"Tasks in order: {_md(', '.join(view.tasks))}", ""]
     lines += ["## Comparison across strategies", ""]
-    header = ["strategy", *(label for _, label in columns(view))]
+    header = ["strategy", *(_md(label) for _, label in columns(view))]
     rows = [
-        [_md(label), *(f"**{text}**" if best else text for text, best in cells)]
+        [_md(label), *(f"**{_md(text)}**" if best else _md(text) for text, best in cells)]
         for label, cells in comparison_rows(view)
     ]
     lines += _md_table(header, rows)
@@ -47,7 +50,7 @@ def markdown_report(view: View, forgetting: Plot, pairs: list[tuple[Plot, Plot]]
             lines += [f"## {title}", ""]
             lines += _md_table(
                 ["key", *map(_md, keys_header)],
-                [[f"`{key}`" if "`" not in key else _md(key), *map(_md, values)] for key, values in keyed],
+                [[_md(key), *map(_md, values)] for key, values in keyed],
                 right_from=len(keys_header) + 1,
             )
             lines.append("")

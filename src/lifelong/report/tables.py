@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lifelong.report.text import safe_text
+
 METRIC_LABELS = {
     "average_accuracy": "avg acc",
     "average_incremental_accuracy": "avg inc acc",
@@ -22,23 +24,24 @@ def _fmt(value: float | None) -> str:
 
 
 def matrix_table(result: dict[str, Any], task_names: list[str]) -> Table:
-    table = Table(title=f"{result['strategy']}: accuracy matrix (row = after training, column = task)")
+    strategy = safe_text(result["strategy"])
+    table = Table(title=f"{strategy}: accuracy matrix (row = after training, column = task)")
     table.add_column("after", style="bold")
     for name in task_names:
-        table.add_column(name, justify="right")
+        table.add_column(safe_text(name), justify="right")
     for name, row in zip(task_names, result["accuracy_matrix"], strict=True):
-        table.add_row(name, *(_fmt(v) for v in row))
+        table.add_row(safe_text(name), *(_fmt(v) for v in row))
     return table
 
 
 def metrics_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"{result['strategy']}: metrics")
+    table = Table(title=f"{safe_text(result['strategy'])}: metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, label in METRIC_LABELS.items():
         table.add_row(label, _fmt(result["metrics"][key]))
     rates = result["metrics"]["forgetting_rate"]
-    table.add_row("forgetting rate", ", ".join(f"{k}={_fmt(v)}" for k, v in rates.items()))
+    table.add_row("forgetting rate", ", ".join(f"{safe_text(k)}={_fmt(v)}" for k, v in rates.items()))
     table.add_row("train seconds", f"{result['train_seconds']:.2f}")
     return table
 
@@ -52,7 +55,7 @@ def comparison_table(results: list[dict[str, Any]]) -> Table:
     for result in results:
         metrics = result["metrics"]
         table.add_row(
-            result["strategy"],
+            safe_text(result["strategy"]),
             *(_fmt(metrics[key]) for key in METRIC_LABELS),
             f"{result['train_seconds']:.2f}",
         )

@@ -1,0 +1,215 @@
+"""Hostile and careless input (issue "Nothing lost, nothing injected, no traceback"): each test names
+the issue's case it covers. Bad input gets one line and exit 2; nothing a user, a file or a folder
+says is parsed as markup or reaches the terminal as a control sequence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lifelong.runs.folder import strategy_dir
+
+Cli = Callable[..., tuple[int, str, str]]
+FAST = ["--epochs", "1", "--no-progress"]
+
+
+def one_line(code: int, err: str) -> str:
+    """The single error line of a refused command (exit 2, no traceback)."""
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def table_file(path: Path, tasks: list[str], columns: tuple[str, ...] = ("f0", "f1")) -> Path:
+    """A CSV with two classes per task, ``tasks`` in the task column and numeric ``columns``."""
+    rng = np.random.default_rng(0)
+    rows = [(task, label) for task in tasks for label in (0, 1) for _ in range(10)]
+    frame = pd.DataFrame({name: rng.normal(size=len(rows)) for name in columns})
+    frame["label"] = [label for _, label in rows]
+    frame["task"] = [task for task, _ in rows]
+    frame.to_csv(path, index=False)
+    return path
+
+
+# ---- case 1: text from users, files and folders is printed escaped ------------------------------------
+
+
+def test_markup_in_a_flag_is_one_literal_error_line(cli: Cli, tmp_path: Path) -> None:
+    # case 1: `lifelong run --benchmark '[/red]'` was a MarkupError traceback
+    code, _, err = cli("run", "--benchmark", "[/red]", "--out", str(tmp_path / "run"), *FAST)
+    assert "'[/red]'" in one_line(code, err)
+
+
+def test_markup_in_a_task_name_runs_to_the_end(cli: Cli, tmp_path: Path) -> None:
+    # case 1: a task-column value '[/x]' crashed the run after results.json, before report.html
+    data = table_file(tmp_path / "tasks.csv", ["[/x]", "b"])
+    out = tmp_path / "run"
+    code, stdout, err = cli(
+        "run", "--data", str(data), "--task-column", "task", "-s", "naive", "--out", str(out), *FAST
+    )
+    assert code == 0, err
+    assert "[/x]" in stdout
+    assert (out / "results.json").is_file() and (out / "report.html").is_file()
+
+
+def test_brackets_in_an_error_message_are_kept(cli: Cli, tmp_path: Path) -> None:
+    # case 1: `adapters merge a b --weights nan,1` printed "... weights " with the list gone
+    pytest.importorskip("peft")
+    from transformers import LlamaConfig
+
+    base = tmp_path / "base"
+    config = LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(base)
+    code, _, err = cli(
+        "adapters",
+        "merge",
+        "sql",
+        "poems",
+        "--weights",
+        "nan,1",
+        "--base",
+        str(base),
+        "--root",
+        str(tmp_path),
+    )
+    assert "weights [nan, 1.0]" in one_line(code, err)
+
+
+def test_markup_in_an_adapter_record_is_shown_literally(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # case 1: a lifelong.json "kind" with [link=...] markup showed as a clickable link
+    from lifelong.cli import adapters
+
+    monkeypatch.setattr(adapters.console, "width", 400)  # one row per adapter, nothing wrapped
+    link = "[link=file:///etc/passwd]click[/link]"
+    folder = tmp_path / "lib" / "task"
+    folder.mkdir(parents=True)
+    (folder / "lifelong.json").write_text(json.dumps({"format": 1, "base": {}, "kind": link}))
+    code, stdout, err = cli("adapters", "list", "--root", str(tmp_path / "lib"))
+    assert code == 0, err
+    assert link in stdout
+
+
+def test_a_control_character_in_a_column_name_is_shown_escaped(cli: Cli, tmp_path: Path) -> None:
+    # case 1: a raw ESC byte in a CSV column name reached the terminal
+    data = table_file(tmp_path / "esc.csv", ["a", "b"], columns=("f0", "\x1b[2Jwiped"))
+    code, _, err = cli(
+        "run", "--data", str(data), "--task-column", "task", "--label-column", "nope",
+        "--out", str(tmp_path / "run"), *FAST,
+    )  # fmt: skip
+    line = one_line(code, err)
+    assert "\x1b" not in line and "\\x1b[2Jwiped" in line
+
+
+# ---- case 4: a YAML config cannot blow up memory or the stack ----------------------------------------
+
+BOMB = "\n".join(
+    ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        (BOMB, "aliases"),
+        ("epochs: " + "[" * 10_000 + "]" * 10_000, "nested"),
+        ("epochs: 1\n" + "#" * (1 << 20), "larger than"),
+    ],
+    ids=["alias-bomb", "deep-nesting", "huge-file"],
+)
+def test_a_hostile_yaml_config_is_refused_in_one_line(
+    cli: Cli, tmp_path: Path, text: str, phrase: str
+) -> None:
+    # case 4: nine levels of aliases took 1.9 GB and died with MemoryError; deep nesting, RecursionError
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    code, _, err = cli("run", "--config", str(config), "--out", str(tmp_path / "run"), *FAST)
+    assert phrase in one_line(code, err) and str(config) in err
+    assert not (tmp_path / "run").exists()
+
+
+# ---- case 8: a finished strategy's result.json is checked before it is reused ------------------------
+
+
+@pytest.fixture
+def unfinished(cli: Cli, tmp_path: Path) -> Path:
+    """A two-strategy run whose strategies both finished, made unfinished again (no results.json)."""
+    out = tmp_path / "run"
+    code, _, err = cli("run", "-s", "naive", "-s", "replay", "--out", str(out), *FAST)
+    assert code == 0, err
+    (out / "results.json").unlink()
+    return out
+
+
+def test_a_finished_strategy_of_other_settings_is_refused(cli: Cli, unfinished: Path) -> None:
+    # case 8: with run.json's epochs changed, the naive row of the old epochs was reused silently
+    run = json.loads((unfinished / "run.json").read_text())
+    run["settings"]["config"]["epochs"] = 2
+    (unfinished / "run.json").write_text(json.dumps(run))
+    code, _, err = cli("run", "--resume", str(unfinished), "--no-progress")
+    line = one_line(code, err)
+    assert "result.json" in line and "different config" in line
+    assert not (unfinished / "results.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "a-list", "changed"])
+def test_a_damaged_finished_strategy_is_refused(cli: Cli, unfinished: Path, damage: str) -> None:
+    # case 8: a truncated or list result.json gave a JSONDecodeError / TypeError traceback; a changed
+    # one was trusted
+    result = strategy_dir(unfinished, 0, "naive") / "result.json"
+    text = result.read_text()
+    if damage == "truncated":
+        result.write_text(text[: len(text) // 2])
+    elif damage == "a-list":
+        result.write_text("[]")
+    else:
+        result.write_text(text.replace('"train_seconds": ', '"train_seconds": 1', 1))
+    code, _, err = cli("run", "--resume", str(unfinished), "--no-progress")
+    line = one_line(code, err)
+    assert str(result) in line and "delete it" in line
+    result.unlink()  # what the line says to do: the strategy is scored again from its last checkpoint
+    code, _, err = cli("run", "--resume", str(unfinished), "--no-progress")
+    assert code == 0, err
+
+
+# ---- case 5: a model folder whose weights are only pickles is refused unless allowed -----------------
+
+
+def test_a_model_folder_with_only_pickled_weights_is_refused(tmp_path: Path) -> None:
+    # case 5: a folder holding only pytorch_model.bin was unpickled by transformers
+    pytest.importorskip("peft")
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from lifelong.adapters import AdapterLibrary
+    from lifelong.errors import LifelongError
+    from lifelong.llm.models import load_model
+
+    config = LlamaConfig(vocab_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    config.architectures = ["LlamaForCausalLM"]
+    model, folder = LlamaForCausalLM(config), tmp_path / "model"
+    config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token="</s>", unk_token="<unk>").save_pretrained(
+        folder
+    )
+
+    for load in (lambda: load_model(folder), lambda: AdapterLibrary(folder, tmp_path / "lib").base):
+        with pytest.raises(LifelongError) as refused:
+            load()
+        message = str(refused.value)
+        assert str(folder) in message and "pytorch_model.bin" in message and "allow_pickle=True" in message
+    loaded, _ = load_model(folder, allow_pickle=True)
+    base = AdapterLibrary(folder, tmp_path / "lib", allow_pickle=True).base
+    for opted_in in (loaded, base):
+        assert torch.equal(opted_in.get_input_embeddings().weight, model.get_input_embeddings().weight)
