@@ -143,7 +143,7 @@ def _read_file(path: Path, text_field: str, one_doc_per_line: bool) -> list[str]
         return _read_parquet(path, text_field)
     if suffix not in (*TEXT_SUFFIXES, ".jsonl"):
         raise LifelongError(f"{path} is not a supported corpus file; use {SUPPORTED} or a folder of them")
-    text = _read_text(path)
+    text = read_text(path)
     if suffix == ".jsonl":
         return _read_jsonl(path, text, text_field)
     if one_doc_per_line:
@@ -151,7 +151,7 @@ def _read_file(path: Path, text_field: str, one_doc_per_line: bool) -> list[str]
     return [text] if text.strip() else []
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """UTF-8 text, or a `LifelongError` for binary files (a NUL byte, or bytes that are not UTF-8)."""
     data = path.read_bytes()
     if b"\x00" in data[:8192]:

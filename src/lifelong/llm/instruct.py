@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lifelong.errors import LifelongError
-from lifelong.llm.data import _read_text, split_documents
+from lifelong.llm.data import read_text, split_documents
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -107,7 +107,7 @@ def read_records(path: str | Path, prompts_only: bool = False) -> list[Record]:
             f"instruction data {path} {what}; pass a .jsonl file with one {FORMATS} record per line, or skills"
         )
     records = []
-    for number, line in enumerate(_read_text(path).splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if line.strip():
             records.append(parse_record(line, f"{path} line {number}", prompts_only))
     if not records:
