@@ -99,7 +99,7 @@ def given_again(saved: Sequence[Any], given: Sequence[Any] | None, what: str) ->
         return list(given)
     if any(source is None for source in saved):
         raise LifelongError(
-            f"the run was given {what} as objects, which run.json cannot name; pass them again"
+            f"the run was given {what} as objects, which its run.json cannot name; pass the same again as {what}=..."
         )
     return list(saved)
 
