@@ -180,9 +180,11 @@ class Checkpoints:
             return None
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            saved = None
-        if not isinstance(saved, dict) or saved.get("fingerprint") != self.run.fingerprint:
+            if not isinstance(saved, dict) or not isinstance(saved["result"], dict):
+                raise ValueError("not a result")
+        except (OSError, ValueError, UnicodeDecodeError, KeyError):
+            raise LifelongError(f"{path} is damaged; delete it to run that composition again") from None
+        if saved.get("fingerprint") != self.run.fingerprint:
             raise self._foreign(path)
         record: dict[str, Any] = saved["result"]
         return record
@@ -251,7 +253,7 @@ class Checkpoints:
 
     def _foreign(self, path: Path) -> LifelongError:
         return LifelongError(
-            f"checkpoint {path} was written with other settings or data than this run's {RUN_FILE}; "
+            f"{path} was written with other settings or data than this run's {RUN_FILE}; "
             "resume with the original settings and data, or start a new run"
         )
 
