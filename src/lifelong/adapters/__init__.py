@@ -23,8 +23,8 @@ from lifelong.adapters.base import ModelKind, model_kind_of
 from lifelong.adapters.library import AdapterLibrary
 from lifelong.adapters.merging import DENSITY_METHODS, MERGE_METHODS, SAME_RANK_METHODS, MergeMethod
 
-# lifelong.llm.finetune wraps its own PEFT calls in it.
-from lifelong.adapters.peft_calls import _peft_call as _peft_call
+# Public for lifelong.llm, which wraps its own PEFT calls in it.
+from lifelong.adapters.peft_calls import _peft_call as peft_call
 from lifelong.adapters.routing import RouteResult
 from lifelong.adapters.store import (
     CONFIG_FILE,
@@ -72,5 +72,6 @@ __all__ = [
     "inspect_adapter",
     "list_adapters",
     "model_kind_of",
+    "peft_call",
     "read_meta",
 ]

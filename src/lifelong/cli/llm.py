@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lifelong.errors import LifelongError
+from lifelong.llm.models import is_tiny_llama
+from lifelong.runs.folder import RunFolder
 
 console = Console()
 
@@ -33,9 +35,29 @@ GradAccum = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
 ReportTo = Annotated[str, typer.Option(help="Trainer logging integrations: none, tensorboard, wandb, ...")]
 Seed = Annotated[int, typer.Option(help="Seed for weights, data order and sampling.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Tensorboard = Annotated[
+    bool, typer.Option("--tensorboard", help="Also log every task's scores to TensorBoard (RUN/tensorboard).")
+]
+Resume = Annotated[
+    Path | None,
+    typer.Option(help="Continue the unfinished run in this folder after its last complete task."),
+]
+
+
+def refuse_settings_with_resume(ctx: typer.Context, allowed: set[str]) -> None:
+    """A resumed run keeps the settings in its run.json: a settings flag given with --resume is refused."""
+
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)  # by name: Typer brings its own copy of click's enum
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    flags = [p.opts[0] for p in ctx.command.params if p.name not in allowed and given(p.name or "")]
+    if flags:
+        raise LifelongError(f"--resume continues a run with its own saved settings; drop {', '.join(flags)}")
 
 
 def pretrain(
+    ctx: typer.Context,
     model: Annotated[
         str,
         typer.Option(
@@ -102,13 +124,18 @@ def pretrain(
     lines: Annotated[bool, typer.Option("--lines", help="Each line of a .txt file is one document.")] = False,
     seed: Seed = 0,
     device: Device = "auto",
+    tensorboard: Tensorboard = False,
+    resume: Resume = None,
 ) -> None:
     """Continual pre-training of a causal LM over a stream of text domains; prints perplexity and forgetting."""
     from datetime import datetime
 
-    from lifelong.llm.models import is_tiny_llama
-    from lifelong.llm.pretrain import TrainSettings, run_pretrain
+    from lifelong.llm.pretrain import TrainSettings, resume_pretrain, run_pretrain
 
+    if resume is not None:
+        refuse_settings_with_resume(ctx, {"resume"})
+        resume_pretrain(resume, console=console)
+        return
     if replay_ratio is not None and strategy and not any("replay" in s for s in strategy):
         raise LifelongError(
             "--replay-ratio sets the ratio of 'replay' in --strategy; add it, e.g. -s replay+ewc"
@@ -142,6 +169,7 @@ def pretrain(
         console=console,
         text_field=text_field,
         one_doc_per_line=lines,
+        tensorboard=tensorboard,
     )
 
 
@@ -177,7 +205,7 @@ def perplexity(
 
     from lifelong.llm.corpora import load_corpus
     from lifelong.llm.data import pack
-    from lifelong.llm.models import is_tiny_llama, load_model, resolve_model_folder, to_device, vocab_size
+    from lifelong.llm.models import load_model, resolve_model_folder, to_device, vocab_size
     from lifelong.llm.perplexity import from_nll, token_nll
 
     if split not in ("all", "heldout"):
@@ -220,6 +248,7 @@ def _trained_block_size(folder: Path) -> int | None:
 
 
 def finetune(
+    ctx: typer.Context,
     data: Annotated[
         list[str] | None,
         typer.Option(
@@ -307,14 +336,21 @@ def finetune(
         typer.Option(help="CPU threads.  \\[default: torch's; 1 for tiny-llama, fastest for it]"),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar while a task trains.")] = True,
+    tensorboard: Tensorboard = False,
+    resume: Resume = None,
 ) -> None:
     """Continual instruction tuning: fine-tune on task after task, score every task after each, compare strategies."""
     from dataclasses import replace
     from datetime import datetime
 
-    from lifelong.llm.finetune import FinetuneSettings, finetune, tiny_skills_settings
-    from lifelong.llm.models import is_tiny_llama
+    from lifelong.llm.finetune import FinetuneSettings, finetune, resume_finetune, tiny_skills_settings
 
+    if resume is not None:
+        refuse_settings_with_resume(ctx, {"resume", "threads", "progress"})
+        model = str(RunFolder.resume(resume, "finetune", main=False).saved["settings"].get("model", model))
+        _set_threads(threads, model)
+        resume_finetune(resume, console=console, progress=progress)
+        return
     if (
         replay_ratio is not None
         and strategy
@@ -326,14 +362,7 @@ def finetune(
         )
     if lora_r is not None and not lora:
         raise LifelongError("--lora-r sets the rank of the LoRA adapters; add --lora")
-    if threads is None and is_tiny_llama(model):
-        threads = 1  # on a busy CPU, threads of a model this small mostly wait for each other (40x slower)
-    if threads is not None:
-        if threads < 1:
-            raise LifelongError(f"--threads must be at least 1, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads, model)
     base = tiny_skills_settings() if is_tiny_llama(model) else FinetuneSettings()
     given: dict[str, Any] = {
         "epochs": epochs,
@@ -370,4 +399,16 @@ def finetune(
         overwrite=overwrite,
         console=console,
         progress=progress,
+        tensorboard=tensorboard,
     )
+
+
+def _set_threads(threads: int | None, model: str) -> None:
+    if threads is None and is_tiny_llama(model):
+        threads = 1  # on a busy CPU, threads of a model this small mostly wait for each other (40x slower)
+    if threads is not None:
+        if threads < 1:
+            raise LifelongError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)

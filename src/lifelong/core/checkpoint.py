@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +105,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+def save_checkpoint(
+    folder: Path,
+    tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    files: Callable[[Path], None] | None = None,
+) -> None:
     """Write a checkpoint folder whole or not at all.
 
     Files go into ``<folder>.partial``, each flushed to disk, the manifest of checksums last; then the
     folder is renamed into place. A crash at any point leaves either no ``folder`` or a complete one.
+    ``files(partial)`` may write more files there first (a Hugging Face model folder, say): the
+    manifest covers them too, so they are committed, and verified, with the rest.
     """
     from safetensors.torch import save
 
@@ -116,16 +124,33 @@ def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict[
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
+    if files is not None:
+        files(partial)
     atomic_write_bytes(partial / TENSORS_FILE, save(tensors))
     atomic_write_json(partial / STATE_FILE, state)
-    manifest = {
-        "format": CHECKPOINT_FORMAT,
-        "files": {name: sha256_file(partial / name) for name in (TENSORS_FILE, STATE_FILE)},
-    }
-    atomic_write_json(partial / MANIFEST_FILE, manifest)
+    names = sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*") if p.is_file())
+    for name in names:
+        _sync(partial / name)
+    atomic_write_json(
+        partial / MANIFEST_FILE,
+        {"format": CHECKPOINT_FORMAT, "files": {name: sha256_file(partial / name) for name in names}},
+    )
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(partial, folder)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _listed(name: Any) -> bool:
+    """A manifest entry names a file inside the checkpoint folder, never one outside it."""
+    return isinstance(name, str) and not Path(name).is_absolute() and ".." not in Path(name).parts
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -136,7 +161,11 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
         files = manifest["files"]
-        if manifest.get("format") != CHECKPOINT_FORMAT or set(files) != {TENSORS_FILE, STATE_FILE}:
+        if (
+            manifest.get("format") != CHECKPOINT_FORMAT
+            or not {TENSORS_FILE, STATE_FILE} <= set(files)
+            or not all(_listed(name) for name in files)
+        ):
             raise ValueError("unknown format")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise LifelongError(

@@ -7,13 +7,11 @@ slices of a random permutation); any other dataset goes through a `DataLoader`.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from lifelong.core.checkpoint import flatten_state, unflatten_state
 from lifelong.core.distributed import Processes, all_reduce_sum
 from lifelong.core.distributed import resolve_device as resolve_device
+from lifelong.core.state import load_strategies, restore_rng, rng_state, strategies_state
 from lifelong.core.strategy import MASKED_LOGIT, Batch, Strategy
 from lifelong.core.stream import with_task_ids
 from lifelong.errors import LifelongError
@@ -318,22 +317,13 @@ class Learner:
         resumed at a task boundary needs none.
         """
         tensors: dict[str, torch.Tensor] = {}
-        rng: dict[str, Any] = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        generators = {"generator": self.generator}
         if self.order_generator is not self.generator:
-            rng["order_generator"] = self.order_generator.get_state()
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+            generators["order_generator"] = self.order_generator
         tree = {
             "model": flatten_state(self.model.state_dict(), "model", tensors),
-            "strategies": [
-                flatten_state(st.state_dict(), f"strategy{i}", tensors)
-                for i, st in enumerate(self.strategies)
-            ],
-            "strategy_names": [st.name for st in self.strategies],
-            "rng": flatten_state(rng, "rng", tensors),
-            "numpy_rng": [kind, np.asarray(keys).tolist(), pos, has_gauss, cached],
-            "python_rng": random.getstate(),
+            **strategies_state(self.strategies, tensors),
+            **rng_state(tensors, generators),
         }
         return tensors, tree
 
@@ -342,27 +332,11 @@ class Learner:
     ) -> None:
         """Undo `checkpoint_state`; ``stream`` is the run's (a strategy that wraps the model needs it)."""
         self.stream = stream or self.stream
-        names = [st.name for st in self.strategies]
-        if tree["strategy_names"] != names:
-            raise LifelongError(
-                f"checkpoint holds strategies {tree['strategy_names']}, this run has {names}; resume with the same strategies"
-            )
-        for strategy, state in zip(self.strategies, tree["strategies"], strict=True):
-            strategy.load_state_dict(unflatten_state(state, tensors))
+        load_strategies(self.strategies, tree, tensors)
         for strategy in self.strategies:  # one that wraps the model (lora) rebuilds the wrapper first
             strategy.restore_model(self)
         self.model.load_state_dict(unflatten_state(tree["model"], tensors))
-        rng = unflatten_state(tree["rng"], tensors)
-        self.generator.set_state(rng["generator"])
-        if "order_generator" in rng:
-            self.order_generator.set_state(rng["order_generator"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        kind, keys, pos, has_gauss, cached = tree["numpy_rng"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        version, internal, gauss = tree["python_rng"]
-        random.setstate((version, tuple(internal), gauss))
+        restore_rng(tree, tensors, {"generator": self.generator, "order_generator": self.order_generator})
 
     # ---- progress bars (no-ops without a Rich Progress) ---------------------------------------------
 

@@ -9,8 +9,9 @@ tokenizers)::
     result = continual_pretrain("tiny-llama", "code", "runs/cpt", replay_corpus="prose", replay_ratio=0.2)
     print(result.before, result.after)   # perplexity per domain
 
-    from lifelong.llm import finetune
+    from lifelong.llm import finetune, resume_finetune
     finetune("tiny-llama", "skills", "runs/skills", strategies=["naive", "replay", "lwf", "self-replay"])
+    resume_finetune("runs/skills")       # after a crash: continues after the last complete tasks
 
 Names are imported on first use, so ``import lifelong.llm.data`` does not pull in transformers. The
 single-corpus ``perplexity`` function lives in `lifelong.llm.perplexity` (the module's name).
@@ -26,13 +27,16 @@ if TYPE_CHECKING:
     from lifelong.llm.callbacks import ForgettingCallback
     from lifelong.llm.corpora import Corpus, builtin_corpus, load_corpus
     from lifelong.llm.data import CausalCollator, PackedCorpus, mix_by_token_share, pack
-    from lifelong.llm.finetune import FinetuneSettings, finetune
+    from lifelong.llm.finetune import finetune, resume_finetune
+    from lifelong.llm.finetune_data import FinetuneSettings
     from lifelong.llm.fisher import causal_lm_fisher
     from lifelong.llm.models import build_tiny_llama, load_model
     from lifelong.llm.perplexity import perplexities
-    from lifelong.llm.pretrain import TaskResult, TrainSettings, continual_pretrain, run_pretrain
+    from lifelong.llm.pretrain import resume_pretrain, run_pretrain
+    from lifelong.llm.pretrain_task import TaskResult, continual_pretrain
     from lifelong.llm.schedules import lr_lambda, make_scheduler
     from lifelong.llm.trainer import ContinualTrainer
+    from lifelong.llm.training import TrainSettings
 
 _WHERE = {
     "ForgettingCallback": "callbacks",
@@ -43,14 +47,16 @@ _WHERE = {
     "load_corpus": "corpora",
     "mix_by_token_share": "data",
     "pack": "data",
-    "FinetuneSettings": "finetune",
+    "FinetuneSettings": "finetune_data",
     "finetune": "finetune",
+    "resume_finetune": "finetune",
     "build_tiny_llama": "models",
     "load_model": "models",
     "perplexities": "perplexity",
-    "TaskResult": "pretrain",
-    "TrainSettings": "pretrain",
-    "continual_pretrain": "pretrain",
+    "TaskResult": "pretrain_task",
+    "TrainSettings": "training",
+    "continual_pretrain": "pretrain_task",
+    "resume_pretrain": "pretrain",
     "run_pretrain": "pretrain",
     "lr_lambda": "schedules",
     "make_scheduler": "schedules",
@@ -79,6 +85,8 @@ __all__ = [
     "mix_by_token_share",
     "pack",
     "perplexities",
+    "resume_finetune",
+    "resume_pretrain",
     "run_pretrain",
 ]
 

@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -269,21 +268,31 @@ def to_device(model: Any, device: str) -> None:
     model.to(device)
 
 
-def model_supply(
-    model: str | Path, loaded: Any, device: str, *, allow_pickle: bool = False
-) -> Callable[[], Any]:
+class ModelSupply:
     """Models for one composition after another: ``loaded`` first (unless None), then fresh loads of
     ``model`` on ``device``, so that one model (not two) is in memory at a time."""
-    untouched = [] if loaded is None else [loaded]
 
-    def fresh() -> Any:
-        if untouched:
-            return untouched.pop()
-        reloaded, _ = load_model(model, allow_pickle=allow_pickle)
-        to_device(reloaded, device)
-        return reloaded
+    def __init__(self, model: str | Path, loaded: Any, device: str, *, allow_pickle: bool = False) -> None:
+        self.model, self.device, self.allow_pickle = model, device, allow_pickle
+        self.untouched = [] if loaded is None else [loaded]
 
-    return fresh
+    def fresh(self) -> Any:
+        return self.untouched.pop() if self.untouched else self._load(self.model)
+
+    def saved(self, folder: Path) -> Any:
+        """The model saved in ``folder`` (a checkpoint) instead of a fresh one."""
+        self.untouched.clear()  # not needed by this composition: a later one loads the model again
+        return self._load(folder)
+
+    def _load(self, folder: str | Path) -> Any:
+        return load_to(folder, self.device, allow_pickle=self.allow_pickle)
+
+
+def load_to(folder: str | Path, device: str, *, allow_pickle: bool = False) -> Any:
+    """The model of ``folder`` (its tokenizer left unused) on ``device``."""
+    loaded, _ = load_model(folder, allow_pickle=allow_pickle)
+    to_device(loaded, device)
+    return loaded
 
 
 def _first_line(err: BaseException) -> str:
@@ -291,15 +300,20 @@ def _first_line(err: BaseException) -> str:
     return text[0][:200] if text else type(err).__name__
 
 
+def write_model(model: Any, tokenizer: Any, folder: Path) -> None:
+    """``save_pretrained`` of model and tokenizer into ``folder`` (safetensors: transformers 5 writes no other)."""
+    with offline():
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+
+
 def save_model(model: Any, tokenizer: Any, folder: Path) -> Path:
-    """``save_pretrained`` of model and tokenizer into ``folder`` (safetensors), whole or not at all."""
+    """`write_model` into ``folder``, whole or not at all."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = folder.with_name(folder.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
-    with offline():
-        model.save_pretrained(str(partial))  # transformers 5 always writes safetensors
-        tokenizer.save_pretrained(str(partial))
+    write_model(model, tokenizer, partial)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(partial, folder)

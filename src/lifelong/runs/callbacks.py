@@ -3,7 +3,7 @@ same scores in TensorBoard, and the task's checkpoint (only the newest complete 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,16 @@ class TaskLog:
 
 
 def commit_task(
-    strategy_dir: Path, task: int, tensors: dict[str, torch.Tensor], state: dict[str, Any]
+    strategy_dir: Path,
+    task: int,
+    tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    files: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write task ``task``'s checkpoint whole (or not at all), then drop the older ones."""
+    """Write task ``task``'s checkpoint whole (or not at all), then drop the older ones.
+
+    ``files`` writes what the checkpoint holds besides tensors and state (see `save_checkpoint`)."""
     folder = strategy_dir / f"task-{task}"
-    save_checkpoint(folder, tensors, state)
+    save_checkpoint(folder, tensors, state, files)
     keep_only(strategy_dir, folder.name)
     return folder

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -145,6 +146,20 @@ class RunFolder:
             shutil.rmtree(self.path, ignore_errors=True)
             return True
         return False
+
+    @contextmanager
+    def running(self) -> Iterator[RunFolder]:
+        """Around a run's work: released when it ends; after a failure `abandon`-ed, and a user error
+        that leaves complete tasks behind says how to continue them."""
+        try:
+            yield self
+        except BaseException as err:
+            if not self.abandon() and isinstance(err, LifelongError):
+                raise LifelongError(
+                    f"{err}; the last complete task is kept: continue with --resume {self.path}"
+                ) from None
+            raise
+        self.release()
 
     # ---- what a run writes ----------------------------------------------------------------------------
 

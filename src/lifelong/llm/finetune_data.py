@@ -1,0 +1,181 @@
+"""A `lifelong finetune` run's tasks: its settings, the instruction tasks read once and tokenized, and
+how every task's held-out part is scored after each task."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from lifelong.errors import LifelongError
+from lifelong.llm.answers import Metric, Prompt, answer_loss, answer_prompts, generate_answers
+from lifelong.llm.instruct import (
+    Example,
+    InstructionTask,
+    Record,
+    encode,
+    encode_prompt,
+    load_task,
+    pad_id_of,
+)
+from lifelong.llm.skills import is_skills, parse_skills
+from lifelong.llm.training import TrainSettings
+
+TaskSource = str | Path | InstructionTask
+
+
+@dataclass
+class FinetuneSettings(TrainSettings):
+    """`TrainSettings` plus what instruction data needs; ``block_size`` is the packing length and
+    ``first_epochs`` the passes over the first task when a from-scratch model trains it once for all."""
+
+    max_length: int = 256  # tokens per example; longer ones lose the start of their prompt
+    packing: bool = False
+    max_new_tokens: int = 64  # bound on generated answer tokens (also cut to the longest reference + 8)
+    eval_examples: int | None = None  # cap on held-out examples per task (None: all)
+    eval_batch_size: int = 64
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_length < 2 or self.max_new_tokens < 1:
+            raise LifelongError("max_length must be >= 2 and max_new_tokens >= 1")
+        if self.eval_examples is not None and self.eval_examples < 1:
+            raise LifelongError(f"eval_examples must be at least 1, got {self.eval_examples}")
+        # Pretraining's perplexity settings would be silently ignored here: refuse them instead.
+        for name, instead in (
+            ("eval_blocks", "eval_examples"),
+            ("eval_every", "the scores after every task"),
+            ("stop_ratio", "the scores after every task"),
+        ):
+            if getattr(self, name) is not None:
+                raise LifelongError(f"{name} is a pretrain setting that finetune does not use; see {instead}")
+
+
+def tiny_skills_settings(**overrides: Any) -> FinetuneSettings:
+    """What the from-scratch ``tiny-llama`` needs to learn each skill in about a minute of CPU."""
+    values: dict[str, Any] = {
+        "batch_size": 32,
+        "epochs": 8.0,  # 125 steps an epoch on the 4000 training examples of a skill
+        "learning_rate": 3e-3,
+        "max_length": 64,
+        "max_new_tokens": 16,
+        "block_size": 64,
+    }
+    return FinetuneSettings(**{**values, **overrides})
+
+
+@dataclass
+class Prepared:
+    """A task in tokens. ``known`` tasks (``replay=`` data) were learned before the run and only replayed."""
+
+    name: str
+    train: list[Example]
+    heldout: list[Example]
+    prompts: list[Prompt]
+    answered: bool
+    known: bool = False
+
+
+# ---- reading the stream ---------------------------------------------------------------------------------------
+
+
+def load_tasks(sources: TaskSource | Sequence[TaskSource] | None) -> list[InstructionTask]:
+    """JSONL paths, ``skills`` (three tasks) or `InstructionTask` objects -> tasks, each file read once."""
+    if sources is None:
+        return []
+    items = [sources] if isinstance(sources, str | Path | InstructionTask) else list(sources)
+    tasks: list[InstructionTask] = []
+    for item in items:
+        if isinstance(item, InstructionTask):
+            tasks.append(item)
+        elif is_skills(str(item)) and not Path(str(item)).exists():
+            tasks += parse_skills(str(item))
+        else:
+            tasks.append(load_task(item))
+    return tasks
+
+
+def unique_names(tasks: Sequence[InstructionTask]) -> list[InstructionTask]:
+    out: list[InstructionTask] = []
+    seen: set[str] = set()
+    for task in tasks:
+        name, k = task.name, 2
+        while name in seen:
+            name, k = f"{task.name}-{k}", k + 1
+        seen.add(name)
+        out.append(task if name == task.name else dataclasses.replace(task, name=name))
+    return out
+
+
+def prepare(
+    task: InstructionTask, tokenizer: Any, settings: FinetuneSettings, keep: int, known: bool = False
+) -> Prepared:
+    """Tokenize a task. Only up to ``keep`` training prompts (no answers) outlive it, for self-replay."""
+    train = [encode(r, tokenizer, settings.max_length) for r in task.train]
+    heldout_records = task.heldout[: settings.eval_examples] if settings.eval_examples else task.heldout
+    heldout = [encode(r, tokenizer, settings.max_length) for r in heldout_records]
+    rng = random.Random(f"{settings.seed}-{task.name}")
+    answered = [e for e in train if e.answer is not None]
+    kept = rng.sample(answered, min(keep, len(answered)))
+    return Prepared(
+        task.name,
+        train,
+        heldout,
+        answer_prompts(kept, settings.max_new_tokens),
+        answered=task.answered,
+        known=known,
+    )
+
+
+def given_prompts(records: Sequence[Record], tokenizer: Any, settings: FinetuneSettings) -> list[Prompt]:
+    return [
+        Prompt(ids, stops, settings.max_new_tokens)
+        for ids, stops in (encode_prompt(r, tokenizer, settings.max_length) for r in records)
+    ]
+
+
+# ---- scoring ------------------------------------------------------------------------------------------------------
+
+
+def evaluate_task(
+    model: Any, task: Prepared, tokenizer: Any, metric: Metric, settings: FinetuneSettings
+) -> tuple[float | None, float]:
+    """(metric on generated answers, or None for plain text; mean answer-token loss) on the held-out part."""
+    pad = pad_id_of(tokenizer)
+    loss = answer_loss(model, task.heldout, pad, settings.eval_batch_size)
+    if not task.answered:
+        return None, loss
+    answers = generate_answers(
+        model, answer_prompts(task.heldout, settings.max_new_tokens), pad, settings.eval_batch_size
+    )
+    scores = []
+    for example, answer in zip(task.heldout, answers, strict=True):
+        if answer and answer[-1] in example.stop_ids:
+            answer = answer[:-1]  # an end-of-turn mark may be plain text, which decoding would keep
+        text = tokenizer.decode(answer, skip_special_tokens=True)
+        scores.append(float(metric(text.strip(), example.answer or "")))
+    return sum(scores) / len(scores), loss
+
+
+def evaluate_all(
+    model: Any, tasks: Sequence[Prepared], tokenizer: Any, metric: Metric, settings: FinetuneSettings
+) -> tuple[list[float | None], list[float]]:
+    scores, losses = [], []
+    for task in tasks:
+        score, loss = evaluate_task(model, task, tokenizer, metric, settings)
+        scores.append(score)
+        losses.append(loss)
+    return scores, losses
+
+
+def row_text(tasks: Sequence[Prepared], scores: Sequence[float | None], losses: Sequence[float]) -> str:
+    """One row of scores and losses, as console markup (task names escaped)."""
+    parts = []
+    for task, score, loss in zip(tasks, scores, losses, strict=True):
+        parts.append(f"{escape(task.name)} {'' if score is None else f'{score:.2f} / '}loss {loss:.3f}")
+    return ", ".join(parts)

@@ -1,0 +1,295 @@
+"""The compositions of one `lifelong finetune` run, task after task, each task checkpointed.
+
+What a composition can hold (replay, self-replay, lwf on earlier prompts, ewc, ...) is in
+`lifelong.llm.plans`; the run folder and its checkpoints in `lifelong.llm.runs`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from lifelong.llm.answers import Metric, Prompt
+from lifelong.llm.finetune_data import FinetuneSettings, Prepared, evaluate_all, row_text
+from lifelong.llm.finetune_lora import (
+    LORA_ADAPTER,
+    keep_adapters,
+    load_training_adapter,
+    store_adapter,
+    training_adapter,
+    with_lora,
+)
+from lifelong.llm.instruct import Example, PaddingCollator, examples_dataset, pack_examples, pad_id_of
+from lifelong.llm.models import ModelSupply, load_to, offline, save_model, write_model
+from lifelong.llm.plans import Plan, replayed_examples, self_replay_examples
+from lifelong.llm.runs import Checkpoints, LLMRun, Scores
+from lifelong.llm.trainer import ContinualTrainer
+from lifelong.llm.training import device_of, ensure_old_importance, training_args
+from lifelong.strategies import Strategy
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lifelong.adapters import AdapterLibrary
+
+
+@dataclass
+class Trained:
+    """The model a composition trains, and under LoRA the library of its per-task adapters."""
+
+    model: Any
+    library: AdapterLibrary | None = None
+
+
+@dataclass
+class FinetuneRun:
+    """What every composition of one run shares, and how each one runs."""
+
+    run: LLMRun
+    tokenizer: Any
+    tasks: list[Prepared]
+    given: list[Prompt]
+    settings: FinetuneSettings
+    metric: Metric
+    console: Console
+    progress: bool
+    lora_options: dict[str, Any] | None  # None: full fine-tuning
+    initial: tuple[list[float | None], list[float]]  # scores and answer losses of the model as given
+
+    # ---- the shared first task ------------------------------------------------------------------------
+
+    def shared_first(self, base: Any) -> tuple[Any, Scores]:
+        """A from-scratch model trained on the first task (no strategies), once for every composition."""
+        with self.run.shared() as checkpoints:
+            resumed = checkpoints.resume([], lambda folder, _: load_to(folder, device_of(self.settings)))
+            if resumed is not None:
+                return resumed
+            task = self.tasks[0]
+            self.console.print(
+                f"[bold]{escape(task.name)}[/]: training the shared first task ({len(task.train)} examples)"
+            )
+            # As in pretrain: a from-scratch model's first task may need more passes than the later ones.
+            first = dataclasses.replace(
+                self.settings, epochs=self.settings.first_epochs or self.settings.epochs
+            )
+            seconds = self.train(base, task.train, [], self.run.path / "trainer" / "shared", task, first)
+            scores, losses = evaluate_all(base, self.tasks, self.tokenizer, self.metric, self.settings)
+            self.console.print(
+                f"  trained in {seconds:.0f}s; after it: " + row_text(self.tasks, scores, losses)
+            )
+            done = Scores([scores], [losses], train_seconds=seconds)
+            checkpoints.commit(0, done, [], files=lambda folder: write_model(base, self.tokenizer, folder))
+        return base, done
+
+    # ---- one composition --------------------------------------------------------------------------------
+
+    def composition(
+        self, index: int, plan: Plan, supply: ModelSupply, shared: tuple[Any, Scores] | None, merge: bool
+    ) -> dict[str, Any]:
+        with self.run.composition(index, plan.label) as checkpoints:
+            finished = checkpoints.result()
+            if finished is not None:
+                return finished
+            strategies = [
+                copy.deepcopy(s) for s in plan.strategies
+            ]  # no EWC Fisher leaks between compositions
+            trained, scores = self._start(strategies, supply, shared, checkpoints)
+            for t in range(len(scores.matrix), len(self.tasks)):
+                self._task(t, plan, trained, strategies, scores, checkpoints)
+            return checkpoints.finish(self._record(plan, trained, scores, checkpoints.folder.name, merge))
+
+    def _start(
+        self,
+        strategies: list[Strategy],
+        supply: ModelSupply,
+        shared: tuple[Any, Scores] | None,
+        checkpoints: Checkpoints,
+    ) -> tuple[Trained, Scores]:
+        """The composition's model and scores: from its newest checkpoint, the shared first task, or the start."""
+        root = self.run.path / "adapters" / checkpoints.folder.name
+
+        def rebuild(folder: Path, tensors: dict[str, Any]) -> Trained:
+            if self.lora_options is None:
+                return Trained(supply.saved(folder))
+            library, peft = with_lora(supply.fresh(), root, self.tokenizer, self.lora_options)
+            load_training_adapter(peft, tensors)
+            return Trained(peft, library)
+
+        resumed = checkpoints.resume(strategies, rebuild)
+        if resumed is not None:
+            trained, scores = resumed
+        elif shared is not None:
+            trained, scores = Trained(copy.deepcopy(shared[0])), copy.deepcopy(shared[1])
+            if any(s.lm_task_data for s in strategies):
+                # The shared first task ran without strategies: do its after-task part (EWC's Fisher) now.
+                ensure_old_importance(
+                    strategies,
+                    trained.model,
+                    pack_examples(self.tasks[0].train, self.settings.block_size),
+                    self.settings.seed,
+                )
+        else:
+            # The model as given counts as having learned the replay= data: those rows are the start.
+            known = [t for t in self.tasks if t.known]
+            scores = Scores([self.initial[0] for _ in known], [self.initial[1] for _ in known])
+            trained = Trained(supply.fresh())
+            if self.lora_options is not None:
+                library, peft = with_lora(trained.model, root, self.tokenizer, self.lora_options)
+                trained = Trained(peft, library)
+        if trained.library is not None:
+            keep_adapters(trained.library, [t.name for t in self.tasks[: len(scores.matrix)] if not t.known])
+        return trained, scores
+
+    def _task(
+        self,
+        t: int,
+        plan: Plan,
+        trained: Trained,
+        strategies: list[Strategy],
+        scores: Scores,
+        checkpoints: Checkpoints,
+    ) -> None:
+        task, model = self.tasks[t], trained.model
+        examples = self._examples(t, plan, model)
+        extra = len(examples) - len(task.train)
+        self.console.print(
+            f"[bold]{escape(plan.label)}[/]: training {escape(task.name)} (task {t + 1} of {len(self.tasks)}): "
+            f"{len(task.train)} examples" + (f" + {extra} replayed" if extra else "")
+        )
+        slug = checkpoints.folder.name
+        seconds = self.train(
+            model, examples, strategies, self.run.path / "trainer" / slug / f"task-{t}", task
+        )
+        scores.train_seconds += seconds
+        evaluating = time.perf_counter()
+        row_scores, row_losses = evaluate_all(model, self.tasks, self.tokenizer, self.metric, self.settings)
+        scores.eval_seconds += time.perf_counter() - evaluating
+        scores.matrix.append(row_scores)
+        scores.losses.append(row_losses)
+        self.console.print(
+            f"  trained in {seconds:.0f}s; after it: " + row_text(self.tasks, row_scores, row_losses)
+        )
+        if trained.library is None:
+            checkpoints.commit(t, scores, strategies, files=lambda f: write_model(model, self.tokenizer, f))
+            return
+        store_adapter(trained.library, model, task.name, len(examples), row_scores[t], row_losses[t])
+        checkpoints.commit(t, scores, strategies, model=training_adapter(model))
+
+    def _examples(self, t: int, plan: Plan, model: Any) -> list[Example]:
+        """Task ``t``'s training examples, with what the plan replays from earlier tasks."""
+        task = self.tasks[t]
+        examples = list(task.train)
+        if plan.replay_ratio:
+            pool = [e for old in self.tasks[:t] for e in old.train]
+            examples += replayed_examples(pool, len(task.train), plan.replay_ratio, self.settings.seed + t)
+        if plan.self_replay_ratio:
+            examples += self.own_answers(model, plan, t, plan.self_replay_ratio, "self-replay")
+        if plan.distill_ratio:
+            # The teacher is asked on earlier prompts only: on the new ones it would answer the old way.
+            soft = self.own_answers(model, plan, t, plan.distill_ratio, "lwf on earlier prompts")
+            examples = [dataclasses.replace(e, distilled=False) for e in examples]
+            examples += [dataclasses.replace(e, soft=True) for e in soft]
+        return examples
+
+    def own_answers(self, model: Any, plan: Plan, t: int, ratio: float, what: str) -> list[Example]:
+        """Before task ``t``: the model's answers to prompts given or kept from earlier tasks, ``ratio`` of its examples."""
+        prompts = self.given + [p for old in self.tasks[:t] for p in old.prompts[: plan.keep]]
+        generating = time.perf_counter()
+        made = self_replay_examples(
+            model,
+            prompts,
+            len(self.tasks[t].train),
+            ratio,
+            pad_id_of(self.tokenizer),
+            self.settings.seed + t,
+            self.settings.eval_batch_size,
+        )
+        self.console.print(
+            f"  {what}: {len(made)} answers generated in {time.perf_counter() - generating:.1f}s"
+        )
+        return made
+
+    def _record(self, plan: Plan, trained: Trained, scores: Scores, slug: str, merge: bool) -> dict[str, Any]:
+        initial_scores, initial_loss = self.initial
+        record: dict[str, Any] = {
+            "strategy": plan.label,
+            "accuracy_matrix": scores.matrix,
+            "loss_matrix": scores.losses,
+            "initial_scores": initial_scores if all(s is not None for s in initial_scores) else None,
+            "initial_loss": initial_loss,
+            "train_seconds": round(scores.train_seconds, 4),
+            "eval_seconds": scores.eval_seconds,
+        }
+        if trained.library is None:
+            folder = save_model(trained.model, self.tokenizer, self.run.path / "models" / slug)
+            record["model"] = str(folder)
+            return record
+        names = [t.name for t in self.tasks if not t.known]
+        record["adapters"] = {"root": str(trained.library.root), "tasks": names}
+        if merge:
+            record["merged"] = self._merged(trained.library, names)
+        return record
+
+    def _merged(self, library: AdapterLibrary, tasks: list[str]) -> dict[str, Any]:
+        """The task adapters merged (``cat``: the exact mean of their updates), scored on every task."""
+        info = library.merge(tasks, method="cat", name="merged")
+        peft = library.peft_model
+        scores, losses = evaluate_all(peft, self.tasks, self.tokenizer, self.metric, self.settings)
+        assert peft is not None
+        peft.set_adapter(LORA_ADAPTER)
+        return {"adapter": info.task, "path": str(info.path), "scores": scores, "loss": losses}
+
+    # ---- one task with the Trainer ----------------------------------------------------------------------
+
+    def train(
+        self,
+        model: Any,
+        examples: Sequence[Example],
+        strategies: Sequence[Strategy],
+        output_dir: Path,
+        task: Prepared,
+        settings: FinetuneSettings | None = None,
+    ) -> float:
+        """One task with `ContinualTrainer`; EWC measures importance on the task's own examples, packed."""
+        settings = settings or self.settings
+        pad = pad_id_of(self.tokenizer)
+        dataset = (
+            pack_examples(examples, settings.block_size) if settings.packing else examples_dataset(examples)
+        )
+        with offline():
+            trainer = ContinualTrainer(
+                model=model,
+                args=training_args(settings, output_dir, self.progress),
+                train_dataset=dataset,
+                data_collator=PaddingCollator(pad),
+                strategies=list(strategies),
+                lr_schedule=settings.schedule,
+                min_lr_ratio=settings.min_lr_ratio,
+            )
+            trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+            if self.progress:
+                trainer.remove_callback(ProgressCallback)
+                trainer.add_callback(_BarOnly())
+            started = time.perf_counter()
+            fisher = (
+                pack_examples(task.train, settings.block_size)
+                if any(s.lm_task_data for s in strategies)
+                else None
+            )
+            trainer.train_task(fisher_dataset=fisher)
+        return time.perf_counter() - started
+
+
+class _BarOnly(ProgressCallback):
+    """The Trainer's progress bar without the log dicts it writes under it (the losses are in the results)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        return None
