@@ -55,6 +55,7 @@ from lifelong.llm.plans import DEFAULT_KEEP, Plan, parse_plans
 from lifelong.llm.runs import LLMRun, damaged, data_digest, given_again, open_folder, publish, saved_settings
 from lifelong.llm.summaries import forgetting_rows, print_finetune_results
 from lifelong.llm.training import DEFAULT_LR, device_of, resolved
+from lifelong.report.text import terminal
 from lifelong.runs.results import results_document, write_results
 
 __all__ = [
@@ -214,7 +215,7 @@ def _finetune(
     overwrite: bool = False,
     resume: bool = False,
 ) -> dict[str, Any]:
-    console = console or Console()
+    console = console or terminal()
     started = time.perf_counter()
     plans = parse_plans(request.strategies, check_replay_ratio(request.replay_ratio))
     if request.merge and not request.lora:

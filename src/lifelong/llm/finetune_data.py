@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from lifelong.errors import LifelongError
 from lifelong.llm.answers import Metric, Prompt, answer_loss, answer_prompts, generate_answers
 from lifelong.llm.instruct import (
@@ -25,6 +23,7 @@ from lifelong.llm.instruct import (
 )
 from lifelong.llm.skills import is_skills, parse_skills
 from lifelong.llm.training import TrainSettings
+from lifelong.report.text import safe_text
 
 TaskSource = str | Path | InstructionTask
 
@@ -177,5 +176,5 @@ def row_text(tasks: Sequence[Prepared], scores: Sequence[float | None], losses: 
     """One row of scores and losses, as console markup (task names escaped)."""
     parts = []
     for task, score, loss in zip(tasks, scores, losses, strict=True):
-        parts.append(f"{escape(task.name)} {'' if score is None else f'{score:.2f} / '}loss {loss:.3f}")
+        parts.append(f"{safe_text(task.name)} {'' if score is None else f'{score:.2f} / '}loss {loss:.3f}")
     return ", ".join(parts)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lifelong.llm.answers import Metric, Prompt
@@ -33,6 +32,7 @@ from lifelong.llm.plans import Plan, replayed_examples, self_replay_examples
 from lifelong.llm.runs import Checkpoints, LLMRun, Scores
 from lifelong.llm.trainer import ContinualTrainer
 from lifelong.llm.training import device_of, ensure_old_importance, training_args
+from lifelong.report.text import safe_text
 from lifelong.strategies import Strategy
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class FinetuneRun:
                 return resumed
             task = self.tasks[0]
             self.console.print(
-                f"[bold]{escape(task.name)}[/]: training the shared first task ({len(task.train)} examples)"
+                f"[bold]{safe_text(task.name)}[/]: training the shared first task ({len(task.train)} examples)"
             )
             # As in pretrain: a from-scratch model's first task may need more passes than the later ones.
             first = dataclasses.replace(
@@ -161,7 +161,7 @@ class FinetuneRun:
         examples = self._examples(t, plan, model)
         extra = len(examples) - len(task.train)
         self.console.print(
-            f"[bold]{escape(plan.label)}[/]: training {escape(task.name)} (task {t + 1} of {len(self.tasks)}): "
+            f"[bold]{safe_text(plan.label)}[/]: training {safe_text(task.name)} (task {t + 1} of {len(self.tasks)}): "
             f"{len(task.train)} examples" + (f" + {extra} replayed" if extra else "")
         )
         slug = checkpoints.folder.name

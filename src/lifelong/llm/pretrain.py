@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.markup import escape
 
 from lifelong.core.checkpoint import atomic_write_json
 from lifelong.core.metrics import summarize
@@ -69,6 +68,7 @@ from lifelong.llm.training import (
     ensure_old_importance,
     resolved,
 )
+from lifelong.report.text import safe_text, terminal
 from lifelong.runs.results import write_results
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ def _pretrain(
     overwrite: bool = False,
     resume: bool = False,
 ) -> dict[str, Any]:
-    console = console or Console()
+    console = console or terminal()
     started = time.perf_counter()
     ratio = check_replay_ratio(request.replay_ratio)
     request.settings = settings = resolved(request.settings, request.model)
@@ -266,7 +266,7 @@ class _Domains:
                 return resumed
             first = self.names[0]
             self.console.print(
-                f"[bold]{escape(first)}[/]: training the shared first domain ({len(self.domains[first].train)} blocks)"
+                f"[bold]{safe_text(first)}[/]: training the shared first domain ({len(self.domains[first].train)} blocks)"
             )
             settings = dataclasses.replace(
                 self.settings, epochs=self.settings.first_epochs or self.settings.epochs
@@ -331,7 +331,7 @@ class _Domains:
     ) -> None:
         name, names = self.names[t], self.names
         self.console.print(
-            f"[bold]{escape(plan.label)}[/]: training {escape(name)} (task {t + 1} of {len(names)})"
+            f"[bold]{safe_text(plan.label)}[/]: training {safe_text(name)} (task {t + 1} of {len(names)})"
         )
         result = train_task(
             model,
@@ -351,7 +351,7 @@ class _Domains:
         if result.early_stop is not None:
             stop = result.early_stop
             self.console.print(
-                f"  stopped early at step {stop['step']}: {escape(stop['domain'])} perplexity rose {stop['ratio']:.2f}x"
+                f"  stopped early at step {stop['step']}: {safe_text(stop['domain'])} perplexity rose {stop['ratio']:.2f}x"
             )
         started = time.perf_counter()
         row = self.perplexities(model)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
+from lifelong.report.text import safe_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,25 +43,25 @@ def print_pretrain_results(console: Console, document: Mapping[str, Any]) -> Non
     names = document["tasks"]
     for result in document["results"]:
         table = Table(
-            title=f"{escape(result['strategy'])}: perplexity (row = after training, column = domain; lower is better)",
+            title=f"{safe_text(result['strategy'])}: perplexity (row = after training, column = domain; lower is better)",
             min_width=72,  # wide enough for the title on one line
         )
         table.add_column("after", style="bold")
         for name in names:
-            table.add_column(escape(name), justify="right")
+            table.add_column(safe_text(name), justify="right")
         table.add_row("(start)", *(f"{v:.2f}" for v in result["initial_scores"]))
         for name, row in zip(names, result["accuracy_matrix"], strict=True):
-            table.add_row(escape(name), *(f"{v:.2f}" for v in row))
+            table.add_row(safe_text(name), *(f"{v:.2f}" for v in row))
         console.print(table)
     if len(names) < 2:
         return
     table = Table(title="forgetting: old domains' perplexity rise after the later ones (lower is better)")
     table.add_column("strategy", no_wrap=True)
-    for column in ("old-domain rise", "cut vs naive", f"{escape(names[-1])} ppl", "vs naive", "train s"):
+    for column in ("old-domain rise", "cut vs naive", f"{safe_text(names[-1])} ppl", "vs naive", "train s"):
         table.add_column(column, justify="right")
     for row, result in zip(forgetting_summary(document), document["results"], strict=True):
         table.add_row(
-            escape(row["strategy"]),
+            safe_text(row["strategy"]),
             f"{row['rise']:+.2f}",
             "—" if row["cut"] is None else f"{row['cut']:.0%}",
             f"{row['last']:.2f}",
@@ -103,23 +103,24 @@ def print_finetune_results(console: Console, document: Mapping[str, Any]) -> Non
     from rich.table import Table
 
     names = document["tasks"]
-    score = escape(document["score_name"])
+    score = safe_text(document["score_name"])
     for result in document["results"]:
         table = Table(
-            title=f"{escape(result['strategy'])}: {score} (row = after training, column = task)", min_width=60
+            title=f"{safe_text(result['strategy'])}: {score} (row = after training, column = task)",
+            min_width=60,
         )
         table.add_column("after", style="bold")
         for name in names:
-            table.add_column(escape(name), justify="right")
+            table.add_column(safe_text(name), justify="right")
         for name, row in zip(names, result["accuracy_matrix"], strict=True):
-            table.add_row(escape(name), *(f"{v:.3f}" for v in row))
+            table.add_row(safe_text(name), *(f"{v:.3f}" for v in row))
         if "merged" in result:
             table.add_row("merged", *("—" if v is None else f"{v:.3f}" for v in result["merged"]["scores"]))
         console.print(table)
     if len(names) < 2:
         return
     table = Table(
-        title=f"forgetting of the first task, {escape(names[0])} (drop: {score}; rise: answer loss)"
+        title=f"forgetting of the first task, {safe_text(names[0])} (drop: {score}; rise: answer loss)"
     )
     table.add_column("strategy", no_wrap=True)
     # "cut": the share of naive's drop (or loss rise) that the strategy avoids.
@@ -127,7 +128,7 @@ def print_finetune_results(console: Console, document: Mapping[str, Any]) -> Non
         table.add_column(column, justify="right")
     for row in forgetting_rows(document):
         table.add_row(
-            escape(row["strategy"]),
+            safe_text(row["strategy"]),
             "—" if row["drop"] is None else f"{row['drop']:+.3f}",
             "—" if row["cut"] is None else f"{row['cut']:.0%}",
             "—" if row["loss_rise"] is None else f"{row['loss_rise']:+.3f}",
