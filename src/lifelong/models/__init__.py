@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from math import prod
 
+import torch
 from torch import nn
 
 from lifelong.core.spec import Spec, bind, describe_options, parse_spec
@@ -55,12 +56,21 @@ def model_options(name: str) -> list[tuple[str, object]]:
     return describe_options(MODELS[name], skip=("input_shape", "num_classes"))
 
 
-def build_model(spec: str | Spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """``build_model("mlp:hidden=512", (64,), 10)``; unknown names or options raise `LifelongError`."""
+def build_model(
+    spec: str | Spec, input_shape: tuple[int, ...], num_classes: int, *, seed: int | None = None
+) -> nn.Module:
+    """``build_model("mlp:hidden=512", (64,), 10, seed=0)``; unknown names or options raise `LifelongError`.
+
+    With ``seed`` the initial weights are a function of it alone (drawn from a generator of their own,
+    leaving the global one as it was); without, they come from torch's global generator.
+    """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.name not in MODELS:
         raise LifelongError(f"unknown model '{spec.name}'; choose one of: {', '.join(MODELS)}")
-    model: nn.Module = bind(
-        MODELS[spec.name], spec, what="model", input_shape=tuple(input_shape), num_classes=num_classes
-    )
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model: nn.Module = bind(
+            MODELS[spec.name], spec, what="model", input_shape=tuple(input_shape), num_classes=num_classes
+        )
     return model
