@@ -12,10 +12,10 @@ from typer.core import TyperOption
 
 from lifelong.cli import llm as cli_llm
 from lifelong.cli.adapters import adapters_app
-from lifelong.cli.options import ConfigFile, Resume, ShowProgress, Threads, given_flags, with_settings
+from lifelong.cli.options import TrainingOptions, training_command
 from lifelong.core.distributed import is_main_process
 from lifelong.errors import LifelongError
-from lifelong.experiment.settings import RunConfig, load_yaml_config, make_config
+from lifelong.experiment.settings import RunConfig
 from lifelong.report.text import safe_text, terminal
 from lifelong.runs.results import versions
 
@@ -56,27 +56,19 @@ def _app(
 
 
 @app.command()
-@with_settings(RunConfig)
+@training_command(RunConfig)
 def run(
     settings: dict[str, Any],
-    config: ConfigFile = None,
+    options: TrainingOptions,
     processes: Annotated[
         int, typer.Option(help="Train in this many processes on this machine (torchrun --standalone).")
     ] = 1,
-    threads: Threads = None,
-    resume: Resume = None,
-    progress: ShowProgress = True,
 ) -> None:
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
     from lifelong.core.distributed import launch, shutdown, without_option, world_size
     from lifelong.experiment.run import run_experiment
 
-    if threads is not None:
-        if threads < 1:
-            raise LifelongError(f"--threads must be at least 1, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
+    options.set_threads()
     if processes != 1:
         if processes < 1:
             raise LifelongError(f"--processes must be at least 1, got {processes}")
@@ -85,16 +77,11 @@ def run(
                 "--processes launches the processes itself; drop it under accelerate launch or torchrun"
             )
         sys.exit(launch(processes, without_option(sys.argv[1:], "--processes")))
-    if resume is not None:
-        given = given_flags(RunConfig, settings) + (["--config"] if config is not None else [])
-        if given:
-            raise LifelongError(
-                f"--resume continues a run with its own saved settings; drop {', '.join(given)}"
-            )
-        run_experiment(console=console, show_progress=progress, resume=resume)
-        return
-    file_values = load_yaml_config(config) if config else {}
-    run_experiment(make_config(file_values, settings), console, show_progress=progress)
+    if options.resume is not None:
+        options.refuse_settings(RunConfig, settings)
+        run_experiment(console=console, show_progress=options.progress, resume=options.resume)
+    else:
+        run_experiment(options.settings(RunConfig, settings), console, show_progress=options.progress)
     shutdown()
 
 

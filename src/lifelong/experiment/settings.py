@@ -9,18 +9,19 @@ from typing import Any
 
 from lifelong.core.distributed import PRECISIONS
 from lifelong.core.learner import OPTIMIZERS
-from lifelong.core.settings import check_types, setting
-from lifelong.core.spec import spec_from_mapping
+from lifelong.core.settings import CommonSettings, check_types, setting
 from lifelong.core.stream import SCENARIOS
 from lifelong.errors import LifelongError
+from lifelong.runs.settings_file import compositions_from_file, load_settings_file, make_settings
 
 
 @dataclass
-class RunConfig:
+class RunConfig(CommonSettings):
     """Everything `lifelong run` needs; ``strategies`` holds one composition string per strategy run.
 
     Each field is also a flag of `lifelong run` and a key of its YAML config (``strategy`` or
-    ``strategies``), with the help line declared here.
+    ``strategies``), with the help line declared here (``out``, ``overwrite``, ``seed`` and ``device``
+    in `CommonSettings`, shared with the other commands that train).
     """
 
     benchmark: str = setting(
@@ -32,16 +33,13 @@ class RunConfig:
         "--strategy",
         "-s",
         factory=list,
+        from_file=compositions_from_file,
     )
     model: str | None = setting(None, "Model: mlp, cnn1d, with options 'mlp:hidden=512'.")
     epochs: int = setting(10, "Epochs per task.")
     batch_size: int = setting(32, "Batch size.")
-    lr: float = setting(1e-3, "Learning rate.")
+    lr: float = setting(1e-3, "Learning rate (the schedule's peak).")
     optimizer: str = setting("adam", "sgd, adam or adamw.")
-    seed: int = setting(0, "Seed for splits, initial weights and batches.")
-    device: str = setting("auto", "auto, cpu or cuda.")
-    out: str | None = setting(None, "Run folder.  \\[default: runs/<benchmark>-<time>]")
-    overwrite: bool = setting(False, "Reuse a folder with a finished run.", "--overwrite")
     scenario: str | None = setting(None, "class, task or domain (incremental).")
     data: str | None = setting(None, "Your data: a CSV/JSONL/Parquet file or a folder of them.")
     label_column: str = setting("label", "Label column of --data.")
@@ -89,103 +87,11 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-# A run's settings fit in a few lines; these bounds only stop files built to exhaust memory or the stack.
-CONFIG_MAX_BYTES = 1 << 20
-CONFIG_MAX_DEPTH = 16
-
-
 def load_yaml_config(path: Path) -> dict[str, Any]:
-    """Read a YAML config; keys are the long flag names with ``-`` or ``_``; ``strategy`` may be a list.
-
-    Anchors and aliases are refused: nine levels of aliases in one kilobyte expand to gigabytes.
-    """
-    import yaml
-
-    if not path.is_file():
-        raise LifelongError(f"config file {path} does not exist; check the path given to --config")
-    with path.open("rb") as handle:
-        data = handle.read(CONFIG_MAX_BYTES + 1)
-    if len(data) > CONFIG_MAX_BYTES:
-        raise LifelongError(
-            f"config file {path} is larger than {CONFIG_MAX_BYTES // (1 << 20)} MiB; a run's settings fit in a few lines"
-        )
-    try:
-        text = data.decode("utf-8")
-        _check_yaml_shape(text, path)
-        raw = yaml.safe_load(text)
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise LifelongError(
-            f"config file {path} is not valid YAML ({type(err).__name__}); fix its syntax"
-        ) from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise LifelongError(
-            f"config file {path} must be a mapping of keys to values, not {type(raw).__name__}"
-        )
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name == "strategy":
-            name = "strategies"
-        if name not in known:
-            raise LifelongError(
-                f"config file {path}: unknown key '{key}'; known keys: {', '.join(sorted(known))}"
-            )
-        out[name] = _normalise_strategies(value, path) if name == "strategies" else value
-    return out
-
-
-def _check_yaml_shape(text: str, path: Path) -> None:
-    """Refuse anchors, aliases and deep nesting from the token stream, before PyYAML's recursive
-    composer builds anything."""
-    import yaml
-
-    opening = (
-        yaml.BlockSequenceStartToken,
-        yaml.BlockMappingStartToken,
-        yaml.FlowSequenceStartToken,
-        yaml.FlowMappingStartToken,
-    )
-    closing = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
-    depth = 0
-    for token in yaml.scan(text, Loader=yaml.SafeLoader):
-        if isinstance(token, yaml.AnchorToken | yaml.AliasToken):
-            raise LifelongError(
-                f"config file {path} uses YAML anchors or aliases (&name, *name); write each value out in full"
-            )
-        if isinstance(token, opening):
-            depth += 1
-            if depth > CONFIG_MAX_DEPTH:
-                raise LifelongError(
-                    f"config file {path} is nested more than {CONFIG_MAX_DEPTH} levels deep; "
-                    "a run's settings are keys with plain values or short lists"
-                )
-        elif isinstance(token, closing):
-            depth -= 1
-
-
-def _normalise_strategies(value: Any, path: Path) -> list[str]:
-    """YAML strategies: a string, or a list whose items are strings, mappings with ``name``, or lists
-    of those (a composition)."""
-    items = value if isinstance(value, list) else [value]
-    out = []
-    for item in items:
-        parts = item if isinstance(item, list) else [item]
-        if not all(isinstance(p, str | dict) for p in parts):
-            raise LifelongError(
-                f"config file {path}: strategy entry {item!r} must be a name or a mapping with 'name'"
-            )
-        out.append("+".join(str(spec_from_mapping(p)) for p in parts))
-    return out
+    """Read a YAML config of `lifelong run`: its keys are `RunConfig`'s (``strategy`` may be a list)."""
+    return load_settings_file(path, RunConfig)
 
 
 def make_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
     """Defaults, then the YAML file, then flags given on the command line (None means not given)."""
-    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None and v != []}}
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(merged) - known)
-    if unknown:
-        raise LifelongError(f"unknown setting '{unknown[0]}'; known settings: {', '.join(sorted(known))}")
-    return RunConfig(**merged).validate()
+    return make_settings(RunConfig, file_values, flag_values)

@@ -27,14 +27,15 @@ if TYPE_CHECKING:
     from lifelong.llm.callbacks import ForgettingCallback
     from lifelong.llm.corpora import Corpus, builtin_corpus, load_corpus
     from lifelong.llm.data import CausalCollator, PackedCorpus, mix_by_token_share, pack
-    from lifelong.llm.finetune import finetune, resume_finetune
+    from lifelong.llm.finetune import finetune, resume_finetune, run_finetune_config
     from lifelong.llm.finetune_data import FinetuneSettings
     from lifelong.llm.fisher import causal_lm_fisher
     from lifelong.llm.models import build_tiny_llama, load_model
     from lifelong.llm.perplexity import perplexities
-    from lifelong.llm.pretrain import resume_pretrain, run_pretrain
+    from lifelong.llm.pretrain import resume_pretrain, run_pretrain, run_pretrain_config
     from lifelong.llm.pretrain_task import TaskResult, continual_pretrain
     from lifelong.llm.schedules import lr_lambda, make_scheduler
+    from lifelong.llm.settings import FinetuneConfig, PretrainConfig
     from lifelong.llm.trainer import ContinualTrainer
     from lifelong.llm.training import TrainSettings
 
@@ -50,6 +51,9 @@ _WHERE = {
     "FinetuneSettings": "finetune_data",
     "finetune": "finetune",
     "resume_finetune": "finetune",
+    "run_finetune_config": "finetune",
+    "FinetuneConfig": "settings",
+    "PretrainConfig": "settings",
     "build_tiny_llama": "models",
     "load_model": "models",
     "perplexities": "perplexity",
@@ -58,6 +62,7 @@ _WHERE = {
     "continual_pretrain": "pretrain_task",
     "resume_pretrain": "pretrain",
     "run_pretrain": "pretrain",
+    "run_pretrain_config": "pretrain",
     "lr_lambda": "schedules",
     "make_scheduler": "schedules",
     "ContinualTrainer": "trainer",
@@ -68,9 +73,11 @@ __all__ = [
     "CausalCollator",
     "ContinualTrainer",
     "Corpus",
+    "FinetuneConfig",
     "FinetuneSettings",
     "ForgettingCallback",
     "PackedCorpus",
+    "PretrainConfig",
     "TaskResult",
     "TrainSettings",
     "build_tiny_llama",
@@ -87,7 +94,9 @@ __all__ = [
     "perplexities",
     "resume_finetune",
     "resume_pretrain",
+    "run_finetune_config",
     "run_pretrain",
+    "run_pretrain_config",
 ]
 
 

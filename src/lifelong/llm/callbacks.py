@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lifelong.errors import LifelongError
 from lifelong.llm.data import as_blocks
@@ -124,3 +125,19 @@ class ForgettingCallback(TrainerCallback):
         self.history.append({"step": state.global_step, **values})
         if self.trainer is not None:
             self.trainer.log({f"{self.prefix}{name}": value for name, value in values.items()})
+
+
+def quiet_logs(trainer: Trainer, progress: bool) -> None:
+    """No log dicts on the terminal (the scores are in the results): the Trainer's progress bar alone
+    when ``progress``, else nothing (``TrainingArguments(disable_tqdm=...)`` hides the bar itself)."""
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    if progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_BarOnly())
+
+
+class _BarOnly(ProgressCallback):
+    """The Trainer's progress bar without the log dicts it writes under it."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        return None

@@ -53,9 +53,11 @@ from lifelong.llm.instruct import InstructionTask, Record, check_chat_template, 
 from lifelong.llm.models import ModelSupply, is_tiny_llama, load_model, to_device
 from lifelong.llm.plans import DEFAULT_KEEP, Plan, parse_plans
 from lifelong.llm.runs import LLMRun, damaged, data_digest, given_again, open_folder, publish, saved_settings
+from lifelong.llm.settings import FinetuneConfig
 from lifelong.llm.summaries import forgetting_rows, print_finetune_results
 from lifelong.llm.training import DEFAULT_LR, device_of, resolved
 from lifelong.report.text import terminal
+from lifelong.runs.folder import default_out
 from lifelong.runs.results import results_document, write_results
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "prepare",
     "print_finetune_results",
     "resume_finetune",
+    "run_finetune_config",
     "tiny_skills_settings",
 ]
 
@@ -185,6 +188,30 @@ def finetune(
         tensorboard=tensorboard,
     )
     return _finetune(request, Path(out), console, progress, overwrite=overwrite)
+
+
+def run_finetune_config(
+    config: FinetuneConfig, console: Console | None = None, progress: bool = False
+) -> dict[str, Any]:
+    """`finetune` with the settings of ``lifelong finetune`` (its flags and YAML keys) as one object."""
+    config.validate()
+    return finetune(
+        config.model,
+        config.data,
+        config.out or default_out(COMMAND),
+        strategies=config.strategies or None,
+        replay=config.replay or None,
+        replay_ratio=config.ratio,
+        self_replay_prompts=config.self_replay_prompts,
+        lora=config.lora_setting,
+        merge=config.merge,
+        metric=config.metric,
+        settings=config.finetune_settings(),
+        overwrite=config.overwrite,
+        console=console,
+        progress=progress,
+        tensorboard=config.tensorboard,
+    )
 
 
 def resume_finetune(

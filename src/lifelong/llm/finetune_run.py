@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
 from lifelong.llm.answers import Metric, Prompt
+from lifelong.llm.callbacks import quiet_logs
 from lifelong.llm.finetune_data import FinetuneSettings, Prepared, evaluate_all, row_text
 from lifelong.llm.finetune_lora import (
     LORA_ADAPTER,
@@ -274,10 +273,7 @@ class FinetuneRun:
                 lr_schedule=settings.schedule,
                 min_lr_ratio=settings.min_lr_ratio,
             )
-            trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
-            if self.progress:
-                trainer.remove_callback(ProgressCallback)
-                trainer.add_callback(_BarOnly())
+            quiet_logs(trainer, self.progress)
             started = time.perf_counter()
             fisher = (
                 pack_examples(task.train, settings.block_size)
@@ -286,10 +282,3 @@ class FinetuneRun:
             )
             trainer.train_task(fisher_dataset=fisher)
         return time.perf_counter() - started
-
-
-class _BarOnly(ProgressCallback):
-    """The Trainer's progress bar without the log dicts it writes under it (the losses are in the results)."""
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        return None

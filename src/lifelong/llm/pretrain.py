@@ -59,6 +59,7 @@ from lifelong.llm.runs import (
     publish,
     saved_settings,
 )
+from lifelong.llm.settings import PretrainConfig
 from lifelong.llm.summaries import forgetting_summary, print_pretrain_results
 from lifelong.llm.training import (
     DEFAULT_LR,
@@ -69,6 +70,7 @@ from lifelong.llm.training import (
     resolved,
 )
 from lifelong.report.text import safe_text, terminal
+from lifelong.runs.folder import default_out
 from lifelong.runs.results import write_results
 
 if TYPE_CHECKING:
@@ -86,6 +88,7 @@ __all__ = [
     "print_pretrain_results",
     "resume_pretrain",
     "run_pretrain",
+    "run_pretrain_config",
     "train_task",
 ]
 
@@ -138,6 +141,7 @@ def run_pretrain(
     text_field: str = "text",
     one_doc_per_line: bool = False,
     tensorboard: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on each corpus in turn, once per strategy composition; write the run folder.
 
@@ -146,7 +150,8 @@ def run_pretrain(
     domain is trained once and shared: nothing is old yet, so every strategy would train it alike
     (replay has no earlier domain, EWC no Fisher, and distilling a random model teaches nothing).
     With your own model, strategies apply from the first domain on (distillation then keeps what
-    the model knew before). ``tensorboard`` also logs each task's perplexities to TensorBoard.
+    the model knew before). ``tensorboard`` also logs each task's perplexities to TensorBoard;
+    ``progress`` shows the Trainer's progress bar while a task trains.
     Returns the results document (also ``results.json``); an unfinished run continues with
     `resume_pretrain`.
     """
@@ -160,11 +165,36 @@ def run_pretrain(
         one_doc_per_line,
         tensorboard,
     )
-    return _pretrain(request, Path(out), console, overwrite=overwrite)
+    return _pretrain(request, Path(out), console, overwrite=overwrite, progress=progress)
+
+
+def run_pretrain_config(
+    config: PretrainConfig, console: Console | None = None, progress: bool = False
+) -> dict[str, Any]:
+    """`run_pretrain` with the settings of ``lifelong pretrain`` (its flags and YAML keys) as one object."""
+    config.validate()
+    return run_pretrain(
+        model=config.model,
+        corpora=config.corpus,
+        compositions=config.strategies,
+        out=config.out or default_out(COMMAND),
+        replay_ratio=config.ratio,
+        settings=config.train_settings(),
+        overwrite=config.overwrite,
+        console=console,
+        text_field=config.text_field,
+        one_doc_per_line=config.lines,
+        tensorboard=config.tensorboard,
+        progress=progress,
+    )
 
 
 def resume_pretrain(
-    run_dir: str | Path, *, corpora: Sequence[CorpusLike] | None = None, console: Console | None = None
+    run_dir: str | Path,
+    *,
+    corpora: Sequence[CorpusLike] | None = None,
+    console: Console | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Continue the unfinished `run_pretrain` run in ``run_dir`` with its own settings (run.json).
 
@@ -172,7 +202,7 @@ def resume_pretrain(
     gives. ``corpora`` are needed only if the run was given corpus objects rather than paths or names.
     """
     request = PretrainRequest.from_saved(Path(run_dir), corpora)
-    return _pretrain(request, Path(run_dir), console, resume=True)
+    return _pretrain(request, Path(run_dir), console, resume=True, progress=progress)
 
 
 def _pretrain(
@@ -182,6 +212,7 @@ def _pretrain(
     *,
     overwrite: bool = False,
     resume: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     console = console or terminal()
     started = time.perf_counter()
@@ -210,7 +241,7 @@ def _pretrain(
             tensorboard=request.tensorboard,
             average="average_perplexity",
         )
-        job = _Domains(run, domains, tokenizer, settings, console)
+        job = _Domains(run, domains, tokenizer, settings, console, progress)
         device = device_of(settings)
         to_device(base, device)
         eval_seconds = job.evaluate_initial(base)
@@ -243,9 +274,10 @@ class _Domains:
         tokenizer: PreTrainedTokenizerBase,
         settings: TrainSettings,
         console: Console,
+        progress: bool,
     ) -> None:
         self.run, self.domains, self.tokenizer, self.settings = run, domains, tokenizer, settings
-        self.console, self.names = console, list(domains)
+        self.console, self.progress, self.names = console, progress, list(domains)
         self.heldout = {n: p.heldout for n, p in domains.items()}
         self.initial: dict[str, float] = {}
 
@@ -280,6 +312,7 @@ class _Domains:
                 [],
                 settings,
                 self.run.path / "trainer" / "shared",
+                progress=self.progress,
             )
             row = self.perplexities(base)
             scores = Scores([[row[n] for n in self.names]], train_seconds=trained.train_seconds)
@@ -346,6 +379,7 @@ class _Domains:
             / checkpoints.folder.name
             / f"task-{t}",  # report_to logs, one folder per task
             watch={n: self.domains[n] for n in names[:t]},
+            progress=self.progress,
         )
         scores.train_seconds += result.train_seconds
         if result.early_stop is not None:

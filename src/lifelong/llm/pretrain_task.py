@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers.trainer_callback import PrinterCallback
 
 from lifelong.core.checkpoint import atomic_write_json
 from lifelong.core.distributed import is_main_process
 from lifelong.core.metrics import summarize
 from lifelong.errors import LifelongError
-from lifelong.llm.callbacks import ForgettingCallback
+from lifelong.llm.callbacks import ForgettingCallback, quiet_logs
 from lifelong.llm.corpora import Corpus
 from lifelong.llm.data import CausalCollator, PackedCorpus, check_replay_ratio, mix_by_token_share
 from lifelong.llm.domains import CorpusLike, label, packed, unique_domains
@@ -101,7 +100,7 @@ def train_task(
             min_lr_ratio=settings.min_lr_ratio,
             callbacks=callbacks,
         )
-        trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+        quiet_logs(trainer, progress)
         started = time.perf_counter()
         output = trainer.train_task(fisher_dataset=new.train)
         seconds = time.perf_counter() - started
