@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from lifelong.cli.options import TrainingOptions, training_command
@@ -24,9 +23,10 @@ from lifelong.llm.settings import (
     PretrainConfig,
     default_threads,
 )
+from lifelong.report.text import safe_text, terminal
 from lifelong.runs.folder import RunFolder
 
-console = Console()
+console = terminal()
 
 
 @training_command(PretrainConfig)
@@ -115,7 +115,7 @@ def perplexity(
         raise LifelongError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     to_device(loaded, "cuda" if use_cuda else "cpu")
     vocab = vocab_size(loaded)
-    table = Table(title=f"perplexity of {model} (lower is better)")
+    table = Table(title=f"perplexity of {safe_text(model)} (lower is better)")
     for column in ("text", "source", "blocks", "tokens", "perplexity"):
         table.add_column(column, justify="left" if column in ("text", "source") else "right")
     for corpus in corpora:
@@ -125,7 +125,11 @@ def perplexity(
             blocks = blocks[:max_blocks]
         total, count = token_nll(loaded, blocks, batch_size)
         table.add_row(
-            corpus.name, corpus.origin, str(len(blocks)), f"{count:,}", f"{from_nll(total, count):.2f}"
+            safe_text(corpus.name),
+            safe_text(corpus.origin),
+            str(len(blocks)),
+            f"{count:,}",
+            f"{from_nll(total, count):.2f}",
         )
     console.print(table)
 
