@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from lifelong.adapters import (
+    CONFIG_FILE,
+    AdapterInfo,
+    AdapterLibrary,
+    adapter_folder,
+    delete_adapter,
+    inspect_adapter,
+    list_adapters,
+    read_meta,
+)
 from lifelong.errors import LifelongError
 from lifelong.report.text import safe_text, terminal, visible
-
-if TYPE_CHECKING:
-    from lifelong.adapters import AdapterInfo, AdapterLibrary
 
 adapters_app = typer.Typer(
     no_args_is_help=True,
@@ -42,7 +49,6 @@ Labels = Annotated[
 def _library(
     base: Path, root: Path, kind: str | None = None, num_labels: int | None = None
 ) -> AdapterLibrary:
-    from lifelong.adapters import AdapterLibrary
 
     if kind not in (None, "causal-lm", "classification"):
         raise LifelongError(f"unknown --kind '{kind}'; use causal-lm or classification")
@@ -126,7 +132,6 @@ def list_command(
     json_: Json = False,
 ) -> None:
     """The adapters in --root: rank, targets, data size, eval score, size, and any problem."""
-    from lifelong.adapters import list_adapters
 
     infos = _library(base, root, kind, num_labels).list() if base is not None else list_adapters(root)
     if json_:
@@ -140,7 +145,6 @@ def list_command(
 @adapters_app.command("show")
 def show(task: str, root: Root = Path("adapters"), json_: Json = False) -> None:
     """Everything recorded about one adapter (its lifelong.json and PEFT config)."""
-    from lifelong.adapters import CONFIG_FILE, adapter_folder, inspect_adapter, read_meta
 
     folder = adapter_folder(root, task)
     meta = read_meta(folder)
@@ -313,7 +317,6 @@ def delete(
     json_: Json = False,
 ) -> None:
     """Delete TASK's adapter folder."""
-    from lifelong.adapters import adapter_folder, delete_adapter
 
     folder = adapter_folder(root, task)
     if not yes and not typer.confirm(f"delete adapter {visible(folder)}?"):

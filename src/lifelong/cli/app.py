@@ -13,11 +13,15 @@ from typer.core import TyperOption
 from lifelong.cli import llm as cli_llm
 from lifelong.cli.adapters import adapters_app
 from lifelong.cli.options import TrainingOptions, training_command
-from lifelong.core.distributed import is_main_process
+from lifelong.core.distributed import is_main_process, launch, shutdown, without_option, world_size
+from lifelong.data import BENCHMARKS
 from lifelong.errors import LifelongError
+from lifelong.experiment.run import run_experiment
 from lifelong.experiment.settings import RunConfig
+from lifelong.report import report_runs
 from lifelong.report.text import safe_text, terminal
 from lifelong.runs.results import versions
+from lifelong.strategies import REGISTRY, strategy_options
 
 app = typer.Typer(
     add_completion=True,
@@ -65,8 +69,6 @@ def run(
     ] = 1,
 ) -> None:
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
-    from lifelong.core.distributed import launch, shutdown, without_option, world_size
-    from lifelong.experiment.run import run_experiment
 
     options.set_threads()
     if processes != 1:
@@ -91,7 +93,6 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Combine the runs into one report in this folder.")] = None,
 ) -> None:
     """Regenerate the HTML and Markdown reports of finished runs, or combine several into one."""
-    from lifelong.report import report_runs
 
     for path in report_runs(run_dirs, out):
         console.print(f"report written to {safe_text(path)}")
@@ -100,7 +101,6 @@ def report(
 @app.command()
 def benchmarks() -> None:
     """List the built-in streams (no download needed) with their options."""
-    from lifelong.data import BENCHMARKS
 
     table = Table(title="built-in benchmarks")
     for column in ("name", "description", "options"):
@@ -113,7 +113,6 @@ def benchmarks() -> None:
 @app.command()
 def strategies() -> None:
     """List the strategies with their options and defaults."""
-    from lifelong.strategies import REGISTRY, strategy_options
 
     table = Table(title="strategies ('a+b' composes two)")
     for column in ("name", "description", "options (defaults)"):
