@@ -94,7 +94,7 @@ def loop_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
     return {n: v / len(x) for n, v in total.items()}
 
 
-def test_torch_func_fisher_equals_a_loop_of_single_sample_backward_passes() -> None:
+def test_fisher_equals_a_loop_of_single_sample_backward_passes() -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 5))
     x, y = torch.randn(53, 8), torch.randint(0, 5, (53,))

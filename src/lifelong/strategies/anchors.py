@@ -18,6 +18,7 @@ from torch.func import functional_call, grad, vmap
 
 from lifelong.core.strategy import Strategy
 from lifelong.errors import LifelongError
+from lifelong.strategies.sumsq import SquaredGradients
 
 if TYPE_CHECKING:
     from lifelong.core.learner import Learner
@@ -97,39 +98,86 @@ def per_sample_sum(
     model: nn.Module,
     forward: Forward | None,
     names: Sequence[str],
-    scalar: Callable[..., torch.Tensor],
+    measure: Callable[..., torch.Tensor],
     power: int,
     x: torch.Tensor,
     t: torch.Tensor,
     *extras: torch.Tensor,
     weight: torch.Tensor | None = None,
     chunk_size: int = 64,
+    squares: SquaredGradients | None = None,
 ) -> Tensors:
-    """``sum_n weight_n * |d scalar(f(x_n), extras_n) / d theta|^power`` for the named parameters.
+    """``sum_n weight_n * |d measure(f(x_n), extras_n) / d theta|^power`` for the named parameters.
 
-    Per-sample gradients come from ``vmap(grad(...))``, ``chunk_size`` samples at a time, so memory
-    holds at most ``chunk_size`` gradient copies whatever the data size. ``scalar`` receives the
-    logits of one sample with a batch dimension of 1 (and each extra with one too).
+    ``measure`` maps a batch of logits (and of each extra) to one value per row, [N]; rows must not
+    depend on one another. With ``squares`` (`SquaredGradients` of the same model and names, built
+    once by the caller) and ``power`` 2, the layers it covers are measured by one batched backward
+    pass per chunk of ``chunk_size`` rows; everything else (``power`` 1, other layers, no ``squares``)
+    by per-sample gradients, ``vmap(grad(...))`` over the chunk. Either way memory holds at most
+    ``chunk_size`` gradient copies whatever the data size (the hooks, of one layer at a time).
     """
-    wrapper, wanted = _Call(model, forward), set(names)
-    params = {f"model.{n}": p.detach() for n, p in model.named_parameters() if n in wanted}
-
-    def one(p: Tensors, xi: torch.Tensor, ti: torch.Tensor, *ei: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(wrapper, p, (xi.unsqueeze(0), ti.unsqueeze(0)))
-        return scalar(logits, *(e.unsqueeze(0) for e in ei))
-
-    grads_of = vmap(grad(one), in_dims=(None, 0, 0, *(0 for _ in extras)))
-    total = {n: torch.zeros(p.shape, dtype=p.dtype, device=p.device) for n, p in params.items()}
+    squares = squares if power == 2 else None
+    call = _Call(model, forward)
+    total: Tensors = {}
     for start in range(0, len(x), chunk_size):
         part = slice(start, start + chunk_size)
-        grads = grads_of(params, x[part], t[part], *(e[part] for e in extras))
         w = torch.ones(len(x[part]), device=x.device) if weight is None else weight[part]
-        for n, g in grads.items():
-            g = g.square_() if power == 2 else g.abs_()  # in place: the chunk's gradients are the big tensor
-            # The (weighted) sum over the chunk as one matrix-vector product into the total: a single
-            # read of the gradients and no temporary (a sum over dim 0 is a slower, strided reduction).
-            total[n].view(-1).addmv_(g.reshape(len(g), -1).t(), w.to(g.dtype))
-    return {n.removeprefix("model."): v for n, v in total.items()}
+        chunk = _chunk_sum(
+            call, names, squares, measure, power, x[part], t[part], [e[part] for e in extras], w
+        )
+        for n, v in chunk.items():  # each chunk's sums are new tensors: the first is the total
+            total[n] = total[n].add_(v) if n in total else v
+    params = dict(model.named_parameters())
+    return {n: total[n] if n in total else torch.zeros_like(params[n]) for n in names}
+
+
+def _chunk_sum(
+    call: _Call,
+    names: Sequence[str],
+    squares: SquaredGradients | None,
+    measure: Callable[..., torch.Tensor],
+    power: int,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    extras: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+) -> Tensors:
+    """One chunk: the layers `squares` covers through hooks, the other parameters through vmap."""
+    sums: Tensors = {}
+    rest = list(names)
+    if squares is not None:
+        sums, rest = squares(lambda: measure(call(x, t), *extras), weight)
+    if rest:
+        sums |= _vmap_sum(call, rest, measure, power, x, t, extras, weight)
+    return sums
+
+
+def _vmap_sum(
+    call: _Call,
+    names: Sequence[str],
+    measure: Callable[..., torch.Tensor],
+    power: int,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    extras: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+) -> Tensors:
+    """One chunk's weighted sum of per-sample |gradient|^power, through `torch.func`."""
+    wanted = set(names)
+    params = {f"model.{n}": p.detach() for n, p in call.model.named_parameters() if n in wanted}
+
+    def one(p: Tensors, xi: torch.Tensor, ti: torch.Tensor, *ei: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(call, p, (xi.unsqueeze(0), ti.unsqueeze(0)))
+        return measure(logits, *(e.unsqueeze(0) for e in ei)).sum()  # the one row's value
+
+    grads = vmap(grad(one), in_dims=(None, 0, 0, *(0 for _ in extras)))(params, x, t, *extras)
+    sums = {}
+    for n, g in grads.items():
+        g = g.square_() if power == 2 else g.abs_()  # in place: the chunk's gradients are the big tensor
+        # The (weighted) sum over the chunk as one matrix-vector product: a single read of the
+        # gradients and no temporary (a sum over dim 0 is a slower, strided reduction).
+        sums[n.removeprefix("model.")] = (g.reshape(len(g), -1).t() @ weight.to(g.dtype)).view(g.shape[1:])
+    return sums
 
 
 def add_into(total: Tensors, part: Tensors) -> Tensors:

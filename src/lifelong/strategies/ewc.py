@@ -2,8 +2,10 @@
 
 After each task the diagonal Fisher information F says how much each parameter mattered to it;
 later tasks pay ``(lambda / 2) * sum F (theta - theta*)^2`` for moving those parameters away from
-where that task left them (theta*). F averages *per-sample* squared gradients (``torch.func``): the
-square of a batch gradient, as the seed sketched it, is not a mean of squares.
+where that task left them (theta*). F averages *per-sample* squared gradients: the square of a batch
+gradient, as the seed sketched it, is not a mean of squares. Linear and convolution layers get them
+from one batched backward pass (`sumsq`: squares from each layer's input and output gradient, no
+per-sample gradient of the whole model); any other parameter from ``torch.func`` (vmap over grad).
 
 Under plain SGD, weights whose pull would overshoot the anchor in one step are capped (see
 `QuadraticPenalty`), so a large lambda holds them in place instead of diverging.
@@ -46,6 +48,7 @@ from lifelong.strategies.anchors import (
     task_batches,
     unpack,
 )
+from lifelong.strategies.sumsq import SquaredGradients
 
 if TYPE_CHECKING:
     from lifelong.core.learner import Learner
@@ -59,11 +62,10 @@ Mode = Literal["classic", "online"]
 EXACT_TAIL = 1e-6
 
 
-def _nll(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the one-sample batch `per_sample_sum` gives, written out: bit for bit what
-    `F.cross_entropy` gives, in fewer ops under vmap than nll_loss's batching rule (5-10% of the
-    Fisher time of the split-digits MLP)."""
-    return -logits.log_softmax(-1).gather(-1, label.unsqueeze(-1)).mean()
+def _nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each row, written out: bit for bit what `F.cross_entropy` gives, in fewer ops
+    under vmap than nll_loss's batching rule (5-10% of the Fisher time of the split-digits MLP)."""
+    return -logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
 def lm_nll(kind: str) -> SequenceMeasure:
@@ -98,7 +100,8 @@ class EWC(Anchored):
     expectation over the model's own predictive distribution (one gradient per sample and likely
     class); ``sampled`` draws one label from it with the run's RNG. ``mode``: ``classic`` keeps one
     penalty per task, ``online`` one running Fisher decayed by ``gamma``. ``samples`` caps the data
-    the Fisher sees (a random subset); ``chunk_size`` bounds memory to that many per-sample gradients.
+    the Fisher sees (a random subset); ``chunk_size`` rows go through one pass, bounding memory to
+    that many per-sample gradients (of one layer at a time, where layer hooks measure it).
     """
 
     name = "ewc"
@@ -194,13 +197,14 @@ class EWC(Anchored):
         model = self._model()
         device = next(model.parameters()).device
         names = list(select_parameters(model, self.trainable_only))
+        squares = SquaredGradients(model, names)  # the layers it can measure without vmap
         total: Tensors = {}
         seen = 0
         with eval_mode(model):
             for x, y, t in samples_of(
                 batches, device, self.chunk_size, self.samples, self.fisher == "empirical"
             ):
-                add_into(total, self._fisher_sum(model, forward, names, x, y, t, generator))
+                add_into(total, self._fisher_sum(model, forward, names, squares, x, y, t, generator))
                 seen += len(y)
         total, seen = sum_over_processes(total, seen)
         if seen == 0:
@@ -212,6 +216,7 @@ class EWC(Anchored):
         model: nn.Module,
         forward: Forward | None,
         names: list[str],
+        squares: SquaredGradients,
         x: torch.Tensor,
         y: torch.Tensor,
         t: torch.Tensor,
@@ -228,7 +233,17 @@ class EWC(Anchored):
                 rows, y, weight = _likely_pairs(probs)
                 x, t = x[rows], t[rows]
         return per_sample_sum(
-            model, forward, names, _nll, 2, x, t, y, weight=weight, chunk_size=self.chunk_size
+            model,
+            forward,
+            names,
+            _nll,
+            2,
+            x,
+            t,
+            y,
+            weight=weight,
+            chunk_size=self.chunk_size,
+            squares=squares,
         )
 
     def consolidate(self, fisher: Tensors) -> None:

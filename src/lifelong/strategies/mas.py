@@ -2,7 +2,9 @@
 
 A parameter matters to a task when the network's output moves with it: after each task,
 ``Omega_i += mean over samples of |d ||f(x)||_2^2 / d theta_i|`` (per-sample gradients, no labels
-needed), and later tasks pay ``lambda * sum Omega (theta - theta*)^2``.
+needed), and later tasks pay ``lambda * sum Omega (theta - theta*)^2``. Absolute values, not squares:
+the layer hooks that give EWC its squared gradients from one backward pass do not apply, so every
+per-sample gradient comes from ``torch.func`` (vmap over grad).
 
 For a causal LM the output is the logit vector at every position: a sequence's ``||f(x)||^2`` is the
 mean over the positions training puts loss on of each one's squared logit norm (a mean, as the LM
@@ -41,6 +43,11 @@ if TYPE_CHECKING:
 
 def _squared_norm(logits: torch.Tensor) -> torch.Tensor:
     return logits.square().sum()
+
+
+def _squared_norms(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's squared output norm: the measure of `per_sample_sum`, one value per sample."""
+    return logits.square().flatten(1).sum(1)
 
 
 def lm_output_norm(logits: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -112,7 +119,7 @@ class MAS(SummedImportance):
                 batches, next(model.parameters()).device, self.chunk_size, self.samples
             ):
                 part = per_sample_sum(
-                    model, forward, list(params), _squared_norm, 1, x, t, chunk_size=self.chunk_size
+                    model, forward, list(params), _squared_norms, 1, x, t, chunk_size=self.chunk_size
                 )
                 add_into(total, part)
                 seen += len(x)

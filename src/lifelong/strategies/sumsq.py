@@ -1,0 +1,248 @@
+"""Sums over samples of squared per-sample gradients, from one batched forward and backward pass.
+
+The gradient of sample i's loss with respect to a linear layer's weight is ``g_i x_iᵀ`` (``x_i`` the
+layer's input, ``g_i`` the loss's gradient at its output), so
+
+    sum_i w_i (g_i x_iᵀ)^2 = (w ∘ g ∘ g)ᵀ (x ∘ x)        (bias: sum_i w_i g_i^2)
+
+is one matmul of what a forward hook saw and what one backward pass to the layer outputs gives: no
+per-sample gradient is ever formed. Where a sample meets the weight at several positions (a
+convolution, whose input is unfolded so that it becomes a matmul; a linear layer applied to every
+token of a sequence) its gradient is a sum over them, ``G_i X_iᵀ``, whose square does not factor: it
+is formed per sample, for one layer and one chunk at a time, and squared. BackPACK's SumGradSquared
+computes the same; it is not used because it needs torchvision and rewires the model's modules.
+
+What this covers: ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (those exact types; convolutions
+with one group, numeric padding and zero padding), each of their parameters entering the forward once,
+through its own layer, with the batch in the layer input's first dimension and samples independent of
+one another (as in eval mode). Whatever is not covered is handed back by name, for the caller to
+measure another way (`lifelong.strategies.anchors.per_sample_sum` uses `torch.func`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class _Seen:
+    """One layer's call in the recorded forward: its input, its output, and their versions then (an
+    in-place change after the call would make the output's gradient that of another tensor)."""
+
+    inputs: torch.Tensor
+    output: torch.Tensor
+    versions: tuple[int, int]
+    calls: int = 1
+
+    @property
+    def unchanged(self) -> bool:
+        return (self.inputs._version, self.output._version) == self.versions
+
+
+def _fits(module: nn.Module) -> bool:
+    if type(module) is nn.Linear:  # exact types: a subclass may compute something else in forward
+        return True
+    if type(module) in (nn.Conv1d, nn.Conv2d):
+        conv: nn.Conv1d | nn.Conv2d = module  # type: ignore[assignment]
+        return conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    return False
+
+
+def covered_layers(model: nn.Module, names: Sequence[str]) -> dict[nn.Module, dict[str, str]]:
+    """The layers this module can measure, each with its wanted parameters: ``{layer: {"weight":
+    full name, "bias": full name}}``. A parameter that two modules hold (tied weights) is left out."""
+    wanted = set(names)
+    holders = Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
+    layers: dict[nn.Module, dict[str, str]] = {}
+    for prefix, module in model.named_modules():
+        if not _fits(module):
+            continue
+        own = {
+            kind: full
+            for kind, p in module.named_parameters(recurse=False)
+            if (full := f"{prefix}.{kind}" if prefix else kind) in wanted and holders[id(p)] == 1
+        }
+        if own:
+            layers[module] = own
+    return layers
+
+
+@contextmanager
+def _recording(layers: Sequence[nn.Module]) -> Iterator[dict[nn.Module, _Seen]]:
+    seen: dict[nn.Module, _Seen] = {}
+
+    def hook(module: nn.Module, args: tuple[object, ...], output: torch.Tensor) -> None:
+        if module in seen:
+            seen[module].calls += 1
+            return
+        # detach() shares the version counter, so later in-place changes still show. An input given
+        # by keyword is not seen: the empty stand-in fails `_batched`, leaving the layer to vmap.
+        inputs = args[0].detach() if args and isinstance(args[0], torch.Tensor) else torch.empty(0)
+        seen[module] = _Seen(inputs, output, (inputs._version, output._version))
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _tracked(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Frozen parameters asked for (``trainable_only=False``) must be in the graph for a layer's
+    output to have a gradient; they are frozen again afterwards."""
+    frozen = [p for p in params if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+def _batched(layer: nn.Module, seen: _Seen, n: int) -> bool:
+    """Whether the layer saw the batch of ``n`` rows in its first dimension (a convolution may also
+    be given a lone unbatched sample)."""
+    if seen.inputs.dim() < 2 or len(seen.inputs) != n or len(seen.output) != n:
+        return False
+    return not isinstance(layer, (nn.Conv1d, nn.Conv2d)) or seen.inputs.dim() == layer.weight.dim()
+
+
+def _uses(root: torch.Tensor) -> Counter[int]:
+    """How many edges of ``root``'s autograd graph enter each leaf tensor's gradient accumulator: one
+    for a parameter used once in the forward (a layer called twice, or a weight also used outside its
+    layer, has more, and its per-sample gradient is not what its layer's hook sees)."""
+    uses: Counter[int] = Counter()
+    if root.grad_fn is None:
+        return uses
+    stack, visited = [root.grad_fn], {root.grad_fn}
+    while stack:
+        for node, _ in stack.pop().next_functions:
+            if node is None:
+                continue
+            if hasattr(node, "variable"):  # AccumulateGrad: a leaf
+                uses[id(node.variable)] += 1
+            elif node not in visited:
+                visited.add(node)
+                stack.append(node)
+    return uses
+
+
+def _patches(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """[N, positions, k*C]: the input patch each output position multiplies by the weight, its features
+    in (kernel offset, channel) order, the order whose copy out of the strided windows reads the input
+    in runs (`_weight_sum`'s caller puts the sums back in the weight's (channel, offset) order).
+
+    Strided windows (`Tensor.unfold`) and one copy: ``F.unfold`` (im2col) loops over the batch on a
+    CPU, which cost more than the rest of this module together on a small CNN.
+    """
+    assert not isinstance(conv.padding, str)  # `_fits` lets numeric padding through only
+    spatial = x.dim() - 2
+    pads = [p for p in reversed(conv.padding) for _ in range(2)]
+    if any(pads):
+        x = F.pad(x, pads)
+    for dim, (k, stride, dilation) in enumerate(
+        zip(conv.kernel_size, conv.stride, conv.dilation, strict=True)
+    ):
+        x = x.unfold(2 + dim, dilation * (k - 1) + 1, stride)
+        if dilation > 1:
+            x = x[..., ::dilation]
+    # [N, C, *out, *kernel] -> [N, *kernel, C, *out] -> [N, k*C, positions] -> its transpose. One copy,
+    # made even where a view would do (one channel): bmm copies overlapping windows sample by sample.
+    order = [0, *range(2 + spatial, 2 + 2 * spatial), 1, *range(2, 2 + spatial)]
+    return x.permute(order).reshape(len(x), conv.weight[0].numel(), -1).contiguous().transpose(1, 2)
+
+
+def _weight_sum(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_i w_i (G_iᵀ X_i)^2`` for x [N, P, F], g [N, P, O]: [O, F], contiguous."""
+    if x.shape[1] == 1:  # an outer product per sample: its square is the outer product of squares
+        return (g[:, 0].square() * w[:, None]).t() @ x[:, 0].square()
+    # This layer's gradients of this chunk only, transposed: [N, F, O] multiplies fastest on a CPU
+    # (MKL's batched gemm) for the layouts `_layer_sums` hands over.
+    per_sample = torch.bmm(x.transpose(1, 2), g)
+    # As a matrix-vector product into the total: one read of them and no temporary.
+    return (per_sample.square_().flatten(1).t() @ w).view(x.shape[2], g.shape[2]).t().contiguous()
+
+
+def _layer_sums(
+    layer: nn.Module, own: dict[str, str], x: torch.Tensor, g: torch.Tensor, w: torch.Tensor
+) -> Tensors:
+    """The sums for one layer's wanted parameters, from its input and output gradient as recorded."""
+    n, x = len(g), x.to(g.dtype)
+    sums = {}
+    if isinstance(layer, nn.Linear):  # [N, positions, features]: a matmul at each position
+        x, g = x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, g.shape[-1])
+        if "bias" in own:
+            sums[own["bias"]] = g.sum(1).square().t() @ w
+    else:
+        assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
+        g = g.reshape(n, g.shape[1], -1)
+        if "bias" in own:  # summed over positions before the transpose: a contiguous reduction
+            sums[own["bias"]] = g.sum(2).square().t() @ w
+        x, g = _patches(layer, x), g.transpose(1, 2)
+    if "weight" in own:
+        total = _weight_sum(x, g, w)
+        if not isinstance(layer, nn.Linear):  # [O, *kernel, C] -> [O, C, *kernel]
+            total = total.view(len(total), *layer.kernel_size, -1).movedim(-1, 1).contiguous()
+        sums[own["weight"]] = total
+    return sums
+
+
+class SquaredGradients:
+    """``sum_i w_i (d loss_i / d theta)^2`` for those of the named parameters of ``model`` that this
+    module covers (see its docstring). Built once per measurement: finding the layers walks the model."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        self.layers = covered_layers(model, names)
+        self.names = list(names)
+        params = dict(model.named_parameters())
+        self._params = [params[n] for own in self.layers.values() for n in own.values()]
+
+    def __call__(
+        self, losses: Callable[[], torch.Tensor], weight: torch.Tensor | None = None
+    ) -> tuple[Tensors, list[str]]:
+        """Run ``losses`` (a forward giving one loss per sample, [N]) with the layers recorded, then one
+        backward pass of their sum; the sums for the parameters measured, and the names of the rest.
+
+        Which layers are measured is decided per call, from what the forward did: a layer called more
+        than once, changed in place after its call, or whose parameters the graph reaches another way
+        is left to the caller.
+        """
+        with _recording(list(self.layers)) as seen, _tracked(self._params), torch.enable_grad():
+            per_sample = losses()
+        total = per_sample.sum()
+        uses = _uses(total)
+        n = len(per_sample)
+        fit = [
+            (layer, s)
+            for layer, s in seen.items()
+            if s.calls == 1
+            and s.unchanged
+            and _batched(layer, s, n)
+            and all(uses[id(getattr(layer, kind))] == 1 for kind in self.layers[layer])
+        ]
+        sums: Tensors = {}
+        if not fit:
+            return sums, list(self.names)
+        w = torch.ones(n, device=per_sample.device) if weight is None else weight
+        grads: list[torch.Tensor | None] = list(
+            torch.autograd.grad(total, [s.output for _, s in fit], allow_unused=True)
+        )
+        layers = [(layer, s.inputs) for layer, s in fit]
+        del per_sample, total, seen, fit  # the graph and the outputs: only inputs and gradients are needed
+        for i, (layer, x) in enumerate(layers):
+            g, grads[i] = grads[i], None  # each output gradient freed once used
+            if g is not None:  # None: the parameters reach the loss some other way; left to the caller
+                sums |= _layer_sums(layer, self.layers[layer], x, g, w.to(g.device, g.dtype))
+        return sums, [name for name in self.names if name not in sums]
