@@ -8,6 +8,7 @@ last) is `lifelong.runs.folder.RunFolder`, the same for every command that train
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -283,7 +284,8 @@ def run_experiment(
     if not processes.is_main:
         console, show_progress = terminal(quiet=True), False
     started = time.perf_counter()
-    try:
+    # Only the main process holds the folder: it alone releases it, or abandons it after a failure.
+    with folder.running() if processes.is_main else contextlib.nullcontext():
         stream = build_stream(config)
         fingerprint = config_fingerprint(config, compositions)
         with _progress(console, show_progress) as progress:
@@ -307,15 +309,6 @@ def run_experiment(
         if not processes.is_main:
             return document
         write_results(folder.path, document)
-    except BaseException as err:
-        if not processes.is_main:
-            raise
-        if not folder.abandon() and isinstance(err, LifelongError):
-            raise LifelongError(
-                f"{err}; the last complete task is kept: continue with --resume {folder.path}"
-            ) from None
-        raise
-    folder.release()
     _publish(console, folder.path, document, [task.name for task in stream])
     return document
 
