@@ -4,6 +4,8 @@ wrote, one run per folder at a time, and `--resume` only into a run of the same 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,35 @@ def test_abandon_removes_only_a_folder_it_created_with_no_finished_task(tmp_path
     (tmp_path / "old").mkdir()
     reused = RunFolder.create(tmp_path / "old", "run", {})
     assert not reused.abandon() and (tmp_path / "old" / RUN_FILE).is_file()
+
+
+def test_two_runs_on_one_folder_at_once_one_runs_and_the_other_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "shared"
+    common = [sys.executable, "-m", "lifelong", "run", "--epochs", "2", "--threads", "1", "--no-progress"]
+    procs = [
+        subprocess.Popen(
+            [*common, *strategies, "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for strategies in (["-s", "naive", "-s", "replay"], ["-s", "ewc", "-s", "lwf"])
+    ]
+    outcomes = [(proc.wait(timeout=600), proc.stderr.read() if proc.stderr else "") for proc in procs]
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [0, 2], outcomes
+    refusal = next(err for code, err in outcomes if code == 2)
+    assert len(refusal.strip().splitlines()) == 1 and "Traceback" not in refusal
+    winner = json.loads((out / RUN_FILE).read_text())["settings"]["strategies"]
+    results = json.loads((out / RESULTS_FILE).read_text())
+    assert [r["strategy"] for r in results["results"]] == winner
+    assert all(name in (out / "report.html").read_text() for name in winner)
+
+
+def test_a_run_in_progress_is_named_as_such_not_as_one_to_resume(tmp_path: Path) -> None:
+    holder = RunFolder.create(tmp_path / "run", "run", {})
+    with pytest.raises(LifelongError, match="in use by a run of process"):
+        RunFolder.create(tmp_path / "run", "run", {})
+    holder.release()
+    with pytest.raises(LifelongError, match="holds an unfinished run"):
+        RunFolder.create(tmp_path / "run", "run", {})

@@ -70,6 +70,7 @@ class RunFolder:
         """
         existing = _read_run_file(path, command)
         if existing is not None and not overwrite:
+            _refuse_if_in_use(path)
             if (path / RESULTS_FILE).exists():
                 raise LifelongError(
                     f"{path} already holds a finished run; pass --overwrite or choose another --out"
@@ -191,6 +192,21 @@ class RunFolder:
 def strategy_dir(run_dir: Path, index: int, composition: str) -> Path:
     """Where the ``index``-th strategy composition of a run keeps its checkpoints."""
     return run_dir / CHECKPOINTS / f"{index}-{slug(composition)}"
+
+
+def _refuse_if_in_use(path: Path) -> None:
+    """A run holding ``path`` right now is named as such, not as an unfinished run to resume."""
+    lock = path / LOCK_FILE
+    if not lock.is_file():
+        return
+    with lock.open("r", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "another process"
+            raise LifelongError(
+                f"{path} is in use by a run of process {holder}; wait for it or choose another --out"
+            ) from None
 
 
 def keep_only(folder: Path, newest: str) -> None:
