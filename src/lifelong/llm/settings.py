@@ -78,7 +78,7 @@ class PretrainConfig(_LanguageModelSettings):
     )
     strategies: list[str] = setting(
         None,
-        "naive, replay, ewc or lwf (distill); 'replay+ewc' composes; 'ewc:lambda=100'; repeat to "
+        "naive, replay, ewc, si, mas or lwf (distill); 'replay+ewc' composes; 'ewc:lambda=100'; repeat to "
         "compare.  \\[default: naive, replay, lwf, ewc]",
         "--strategy",
         "-s",
