@@ -95,6 +95,19 @@ def kill_tree(pid: int) -> None:
     for each in found:  # the launcher first: it cannot start new workers once dead
         with contextlib.suppress(ProcessLookupError):
             os.kill(each, signal.SIGKILL)
+    # A killed process lets go of its files (the run folder's lock among them) only once it has
+    # exited: wait until each is gone or a zombie, so that what follows never meets a dying one.
+    deadline = time.monotonic() + 30
+    while any(_alive(each) for each in found) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "State:\tZ" not in status
 
 
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_numbers(cli, tmp_path: Path) -> None:
