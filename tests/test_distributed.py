@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from lifelong import Learner, build_benchmark, build_model
 from lifelong.core.checkpoint import MANIFEST_FILE, latest_checkpoint
 from lifelong.core.distributed import local_share, without_option
-from lifelong.runs.folder import strategy_dir
+from lifelong.runs.folder import LOCK_FILE, strategy_dir
 from lifelong.strategies.ewc import EWC
 
 WORKERS = Path(__file__).parent / "workers"
@@ -102,6 +103,22 @@ def kill_tree(pid: int) -> None:
         time.sleep(0.01)
 
 
+def wait_until_unlocked(folder: Path) -> None:
+    """A killed process's threads can outlive its zombie leader, and its files stay open until the
+    last one exits: wait for the run folder's lock itself to be free."""
+    deadline = time.monotonic() + 60
+    with (folder / LOCK_FILE).open("a+") as handle:
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(0.05)
+            else:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return
+    pytest.fail(f"{folder} was still locked a minute after its run was killed")
+
+
 def _alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -132,6 +149,7 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_numbers(cli, tmp_
         time.sleep(0.005)
     kill_tree(run.pid)
     run.wait()
+    wait_until_unlocked(killed)
     assert not (killed / "results.json").exists()
     latest = latest_checkpoint(strategy_dir(killed, 0, "replay"))
     assert latest is not None and latest.name in ("task-1", "task-2", "task-3"), latest  # died mid-stream
