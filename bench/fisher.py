@@ -6,9 +6,9 @@ set of two workloads, each a benchmark with the library's default model for it:
 - ``split-digits:mlp``: the issue's MLP 64-256-256-10 (85k parameters, 252 samples). Its per-sample
   gradients are large next to the compute that makes them (one 256x256 outer product per sample).
 - ``split-mnist1d:cnn1d``: the 1-D CNN (8k parameters, 1400 samples), where compute dominates.
-- ``tiny-llama`` (with transformers installed): the per-sequence Fisher of a 2-layer Llama's linear
-  layers (one gradient per sequence of its mean next-token NLL), what `lifelong.llm.fisher` measures
-  with a loop; here the loop against `strategies.sumsq` alone.
+- ``tiny-llama`` (with transformers installed): the per-sequence Fisher of a 2-layer Llama, every
+  weight (one gradient per sequence of its mean next-token NLL): `lifelong.llm.fisher`, whose
+  ``hooks:C`` passes take C sequences (layer hooks, the other weights replayed module by module).
 
 Methods: ``loop``; ``vmap:C``, `anchors.per_sample_sum` with the hooks off (the Fisher before layer
 hooks: ``vmap(grad)`` in chunks of C); ``hooks:C``, the library's default now (`strategies.sumsq`: one
@@ -44,8 +44,7 @@ from lifelong import build_benchmark, build_model
 from lifelong.core.learner import resolve_device
 from lifelong.strategies import EWC
 from lifelong.strategies.anchors import per_sample_sum
-from lifelong.strategies.ewc import _nll
-from lifelong.strategies.sumsq import SquaredGradients
+from lifelong.strategies.ewc import _nll, lm_nll
 
 Fisher = dict[str, torch.Tensor]
 Workload = tuple[nn.Module, torch.Tensor, torch.Tensor]
@@ -86,15 +85,6 @@ def is_lm(model: nn.Module) -> bool:
     return hasattr(model, "config")
 
 
-def linear_names(model: nn.Module) -> list[str]:
-    return [
-        f"{m}.{k}"
-        for m, mod in model.named_modules()
-        if type(mod) is nn.Linear
-        for k, _ in mod.named_parameters(recurse=False)
-    ]
-
-
 def sequence_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Each sequence's mean next-token NLL, [N]: the causal-LM Fisher's measure."""
     logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
@@ -104,8 +94,6 @@ def sequence_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def loop_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Fisher:
     """What one writes without torch.func: a backward pass per sample, squared gradients summed."""
     params = dict(model.named_parameters())
-    if is_lm(model):
-        params = {n: params[n] for n in linear_names(model)}
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     for i in range(len(y)):
         loss = (
@@ -120,12 +108,11 @@ def loop_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Fisher:
 
 def fast_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, how: str, chunk: int) -> Fisher:
     """The library's Fisher by layer hooks (``hooks``) or by vmap alone (``vmap``), in chunks."""
-    if is_lm(model):  # the library measures an LM with a loop; here its linear layers through sumsq
-        squares, total = SquaredGradients(model, linear_names(model)), {}
-        for part in x.split(chunk):
-            sums, _ = squares(lambda part=part: sequence_nll(model, part))
-            total = {n: total.get(n, 0) + v for n, v in sums.items()}
-        return {n: v / len(y) for n, v in total.items()}
+    if is_lm(model):
+        from lifelong.llm.fisher import sequence_importance  # needs transformers, as the workload does
+
+        tokens = chunk * x.shape[1]
+        return sequence_importance(model, x, lm_nll("empirical"), samples=None, chunk_tokens=tokens)
     if how == "hooks":
         return EWC(model, chunk_size=chunk).fisher_information([(x, y)])
     names = [n for n, _ in model.named_parameters()]

@@ -19,11 +19,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.data import CausalCollator, blocks_dataset
-from lifelong.llm.fisher import causal_lm_fisher
+from lifelong.llm.fisher import causal_lm_fisher, sequence_importance
 from lifelong.llm.instruct import DISTILL_MASK, Example, PaddingCollator, examples_dataset
 from lifelong.llm.schedules import lr_lambda
 from lifelong.llm.trainer import ContinualTrainer
 from lifelong.strategies import EWC, LwF
+from lifelong.strategies.ewc import lm_nll
 from lifelong.strategies.teacher import FrozenTeacher
 
 VOCAB = 64
@@ -259,6 +260,15 @@ def test_fisher_is_a_mean_of_per_sequence_squared_gradients() -> None:
     assert sampled.keys() == fisher.keys() and not torch.allclose(
         sampled["lm_head.weight"], fisher["lm_head.weight"]
     )
+
+
+def test_a_sampled_fisher_draws_alike_however_many_sequences_a_pass_takes() -> None:
+    """Batched passes meet the sequences in the loop's order: the same tokens are drawn."""
+    model, data = tiny_model(), blocks(5, 8)
+    one = sequence_importance(model, data, lm_nll("sampled"), samples=None, seed=3, chunk_tokens=1)
+    many = sequence_importance(model, data, lm_nll("sampled"), samples=None, seed=3, chunk_tokens=16)
+    for name in one:
+        assert torch.allclose(one[name], many[name], rtol=1e-4, atol=1e-10), name
 
 
 def test_fisher_of_instruction_data_counts_only_answer_positions() -> None:

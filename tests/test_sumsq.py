@@ -213,3 +213,41 @@ def test_a_causal_lm_gets_the_squared_gradient_of_each_sequence_on_its_linear_la
             total += g.square()
     for name, total in zip(linear, want, strict=True):
         torch.testing.assert_close(sums[name], total, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_replay_measures_every_weight_of_a_causal_lm_norms_embeddings_and_tied_ones(tied: bool) -> None:
+    """With ``replay``, the weights no layer hook covers (RMS norms, the embedding, an embedding
+    shared with the output layer) get each sequence's squared gradient too: against the loop."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=32,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        tie_word_embeddings=tied,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).double().eval()
+    ids = torch.randint(0, 32, (5, 9), generator=torch.Generator().manual_seed(0))
+    weight = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.0], dtype=torch.double)
+
+    def nll(ids: torch.Tensor) -> torch.Tensor:
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+        return nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").mean(1)
+
+    params = dict(model.named_parameters())
+    assert tied == ("lm_head.weight" not in params)  # a tied weight has one name
+    sums, rest = SquaredGradients(model, list(params), replay=True)(lambda: nll(ids), weight)
+    assert rest == [] and sums.keys() == params.keys()
+    for name, p in params.items():
+        want = sum(
+            w * torch.autograd.grad(nll(ids[i : i + 1]).sum(), [p])[0].square()
+            for i, w in enumerate(weight)
+        )
+        torch.testing.assert_close(sums[name], want, rtol=1e-10, atol=1e-300, msg=name)
+    without, rest = SquaredGradients(model, list(params))(lambda: nll(ids))
+    assert "model.norm.weight" in rest and "model.embed_tokens.weight" in rest  # replay is asked for

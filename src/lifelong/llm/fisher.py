@@ -23,10 +23,15 @@ from lifelong.llm.data import PackedCorpus, as_blocks
 from lifelong.llm.instruct import IGNORE
 from lifelong.strategies.anchors import Tensors, eval_mode, select_parameters
 from lifelong.strategies.ewc import lm_nll
+from lifelong.strategies.sumsq import SquaredGradients
 
 # Sequences a measurement uses when the strategy sets no ``samples`` cap: each one costs a forward and
 # a backward pass of its own, so "all of them", the classic default, would cost an epoch at batch 1.
 FISHER_SEQUENCES = 256
+# Tokens measured by one batched forward and backward pass (whole sequences, at least one): the pass
+# holds every linear layer's inputs and output gradients for them, about twice a training step's
+# activations at that many tokens.
+FISHER_TOKENS = 2048
 
 
 def is_peft_model(model: nn.Module) -> bool:
@@ -43,6 +48,7 @@ def sequence_importance(
     trainable_only: bool = True,
     seed: int = 0,
     what: str = "the importance",
+    chunk_tokens: int = FISHER_TOKENS,
 ) -> Tensors:
     """Mean over sequences of ``|d measure(logits, next-token labels) / d theta|^power`` (power 2 or 1).
 
@@ -51,7 +57,8 @@ def sequence_importance(
     ``labels`` gives the measure those (-100 where training puts no loss: instruction prompts),
     otherwise the text's own next tokens; sequences with no label are skipped. ``measure`` also gets
     a generator seeded from ``seed`` on the model's device. With a PEFT model only the adapter
-    weights are measured, as only they train.
+    weights are measured, as only they train. Squares take one batched pass per ``chunk_tokens``
+    tokens of whole sequences (`_batched_squares`); absolute values, one pass per sequence.
     """
     available = len(data.heldout) if isinstance(data, PackedCorpus) else len(data)
     if available == 0:
@@ -68,21 +75,20 @@ def sequence_importance(
     labels = as_blocks(data, chosen, "labels") if labelled else blocks
     device = tensors[0].device
     draw = torch.Generator(device=device).manual_seed(seed)
-    total = [torch.zeros_like(p) for p in tensors]
-    counted = 0
+    # Several processes split the sequences and sum their parts; one process takes them all.
+    rows = [
+        row
+        for row in range(group_rank(), len(blocks), group_size())
+        if bool((labels[row, 1:] != IGNORE).any())
+    ]
     with eval_mode(model), torch.enable_grad():
-        # Several processes split the sequences and sum their parts; one process takes them all.
-        for row in range(group_rank(), len(blocks), group_size()):
-            targets = labels[row, 1:].to(device)
-            if not bool((targets != IGNORE).any()):
-                continue
-            logits = model(input_ids=blocks[row : row + 1].to(device), use_cache=False).logits[0, :-1].float()
-            grads = torch.autograd.grad(measure(logits, targets, draw), tensors, allow_unused=True)
-            for acc, grad in zip(total, grads, strict=True):
-                if grad is not None:
-                    acc.add_(grad.detach().square() if power == 2 else grad.detach().abs())
-            counted += 1
-    summed, count = sum_over_processes(dict(zip(names, total, strict=True)), counted)
+        if power == 2:
+            chunk = max(1, chunk_tokens // blocks.shape[1])
+            total = _batched_squares(model, names, blocks, labels, rows, measure, draw, chunk)
+        else:
+            total = _one_by_one(model, names, blocks, labels, rows, measure, draw, power)
+    counted = len(rows)
+    summed, count = sum_over_processes(total, counted)
     if count == 0:
         raise LifelongError(f"{what} found no position with a label in the sequences drawn")
     return {name: acc / count for name, acc in summed.items()}
@@ -106,6 +112,70 @@ def causal_lm_fisher(
     return sequence_importance(
         model, data, lm_nll(kind), 2, samples, trainable_only, seed, what="the Fisher information"
     )
+
+
+def _batched_squares(
+    model: nn.Module,
+    names: list[str],
+    blocks: torch.Tensor,
+    labels: torch.Tensor,
+    rows: list[int],
+    measure: SequenceMeasure,
+    draw: torch.Generator,
+    chunk_size: int,
+) -> Tensors:
+    """Sums of squared per-sequence gradients, ``chunk_size`` sequences a pass (`strategies.sumsq`,
+    with every weight it cannot see through a layer replayed module by module); what it still leaves,
+    sequence by sequence. ``measure`` meets the sequences in the order the loop would, so a sampled
+    measure draws the same tokens."""
+    device = next(model.parameters()).device
+    squares = SquaredGradients(model, names, replay=True)
+    total: Tensors = {}
+    for start in range(0, len(rows), chunk_size):
+        part = rows[start : start + chunk_size]
+        ids, targets = blocks[part].to(device), labels[part, 1:].to(device)
+
+        def losses(ids: torch.Tensor = ids, targets: torch.Tensor = targets) -> torch.Tensor:
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            return torch.stack(
+                [measure(one, target, draw) for one, target in zip(logits, targets, strict=True)]
+            )
+
+        before = draw.get_state()
+        sums, rest = squares(losses)
+        if rest:  # a layer the forward used twice, say: the loop for what remains, on the same draws
+            again = torch.Generator(device=draw.device)
+            again.set_state(before)
+            sums |= _one_by_one(model, rest, blocks, labels, part, measure, again, 2)
+        for name, value in sums.items():
+            total[name] = total[name].add_(value) if name in total else value
+    params = dict(model.named_parameters())
+    return {name: total.get(name, torch.zeros_like(params[name])) for name in names}
+
+
+def _one_by_one(
+    model: nn.Module,
+    names: list[str],
+    blocks: torch.Tensor,
+    labels: torch.Tensor,
+    rows: list[int],
+    measure: SequenceMeasure,
+    draw: torch.Generator,
+    power: int,
+) -> Tensors:
+    """Sums of ``|gradient|^power`` over sequences, one forward and backward pass each."""
+    params = dict(model.named_parameters())
+    tensors = [params[n] for n in names]
+    device = tensors[0].device
+    total = [torch.zeros_like(p) for p in tensors]
+    for row in rows:
+        targets = labels[row, 1:].to(device)
+        logits = model(input_ids=blocks[row : row + 1].to(device), use_cache=False).logits[0, :-1].float()
+        grads = torch.autograd.grad(measure(logits, targets, draw), tensors, allow_unused=True)
+        for acc, grad in zip(total, grads, strict=True):
+            if grad is not None:
+                acc.add_(grad.detach().square() if power == 2 else grad.detach().abs())
+    return dict(zip(names, total, strict=True))
 
 
 @dataclass

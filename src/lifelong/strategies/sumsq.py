@@ -15,8 +15,13 @@ computes the same; it is not used because it needs torchvision and rewires the m
 What this covers: ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (those exact types; convolutions
 with one group, numeric padding and zero padding), each of their parameters entering the forward once,
 through its own layer, with the batch in the layer input's first dimension and samples independent of
-one another (as in eval mode). Whatever is not covered is handed back by name, for the caller to
-measure another way (`lifelong.strategies.anchors.per_sample_sum` uses `torch.func`).
+one another (as in eval mode). With ``replay``, any other module called once on one positional input
+(a norm, an embedding, a layer whose weight another one shares) is measured too: its per-sample
+gradient is the vector-Jacobian product of that module alone, run again on each sample's input with
+that sample's output gradient; cheap next to the model where the module is (a norm's few weights), and
+no dearer than a loop of backward passes where it is not. Whatever is not covered is handed back by
+name, for the caller to measure another way (`lifelong.strategies.anchors.per_sample_sum` uses
+`torch.func`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class _Seen:
     inputs: torch.Tensor
     output: torch.Tensor
     versions: tuple[int, int]
+    alone: bool  # called with one positional tensor and nothing else: a call that can be replayed
     calls: int = 1
 
     @property
@@ -80,16 +86,19 @@ def covered_layers(model: nn.Module, names: Sequence[str]) -> dict[nn.Module, di
 def _recording(layers: Sequence[nn.Module]) -> Iterator[dict[nn.Module, _Seen]]:
     seen: dict[nn.Module, _Seen] = {}
 
-    def hook(module: nn.Module, args: tuple[object, ...], output: torch.Tensor) -> None:
+    def hook(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object], output: object) -> None:
         if module in seen:
             seen[module].calls += 1
             return
+        if not isinstance(output, torch.Tensor):
+            output = torch.empty(0)  # fails `_batched`: left to the caller
         # detach() shares the version counter, so later in-place changes still show. An input given
         # by keyword is not seen: the empty stand-in fails `_batched`, leaving the layer to vmap.
         inputs = args[0].detach() if args and isinstance(args[0], torch.Tensor) else torch.empty(0)
-        seen[module] = _Seen(inputs, output, (inputs._version, output._version))
+        alone = len(args) == 1 and not kwargs
+        seen[module] = _Seen(inputs, output, (inputs._version, output._version), alone)
 
-    handles = [layer.register_forward_hook(hook) for layer in layers]
+    handles = [layer.register_forward_hook(hook, with_kwargs=True) for layer in layers]
     try:
         yield seen
     finally:
@@ -199,15 +208,33 @@ def _layer_sums(
     return sums
 
 
+def _holders(model: nn.Module, names: Sequence[str]) -> dict[str, list[nn.Module]]:
+    """The modules holding each named parameter directly: several where a weight is tied (matched by
+    identity, as a tied weight has one name in ``named_parameters``)."""
+    params = dict(model.named_parameters())
+    wanted = {id(params[n]): n for n in names}
+    holders: dict[str, list[nn.Module]] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if id(p) in wanted:
+                holders.setdefault(wanted[id(p)], []).append(module)
+    return holders
+
+
 class SquaredGradients:
     """``sum_i w_i (d loss_i / d theta)^2`` for those of the named parameters of ``model`` that this
-    module covers (see its docstring). Built once per measurement: finding the layers walks the model."""
+    module covers (see its docstring; ``replay`` widens it). Built once per measurement: finding the
+    layers walks the model."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str], replay: bool = False) -> None:
         self.layers = covered_layers(model, names)
         self.names = list(names)
-        params = dict(model.named_parameters())
-        self._params = [params[n] for own in self.layers.values() for n in own.values()]
+        self.params = dict(model.named_parameters())
+        covered = {n for own in self.layers.values() for n in own.values()}
+        self.replayed = _holders(model, [n for n in names if n not in covered]) if replay else {}
+        recorded = [*self.layers, *(m for held in self.replayed.values() for m in held)]
+        self._recorded = list(dict.fromkeys(recorded))
+        self._params = [self.params[n] for n in [*covered, *self.replayed]]
 
     def __call__(
         self, losses: Callable[[], torch.Tensor], weight: torch.Tensor | None = None
@@ -219,7 +246,7 @@ class SquaredGradients:
         than once, changed in place after its call, or whose parameters the graph reaches another way
         is left to the caller.
         """
-        with _recording(list(self.layers)) as seen, _tracked(self._params), torch.enable_grad():
+        with _recording(self._recorded) as seen, _tracked(self._params), torch.enable_grad():
             per_sample = losses()
         total = per_sample.sum()
         uses = _uses(total)
@@ -227,22 +254,85 @@ class SquaredGradients:
         fit = [
             (layer, s)
             for layer, s in seen.items()
-            if s.calls == 1
+            if layer in self.layers
+            and s.calls == 1
             and s.unchanged
             and _batched(layer, s, n)
             and all(uses[id(getattr(layer, kind))] == 1 for kind in self.layers[layer])
         ]
-        sums: Tensors = {}
-        if not fit:
-            return sums, list(self.names)
-        w = torch.ones(n, device=per_sample.device) if weight is None else weight
-        grads: list[torch.Tensor | None] = list(
-            torch.autograd.grad(total, [s.output for _, s in fit], allow_unused=True)
+        replay = {
+            name: held
+            for name, held in self.replayed.items()
+            if uses[id(self.params[name])] == len(held) and all(_replayable(m, seen.get(m), n) for m in held)
+        }
+        modules = list(
+            dict.fromkeys([*(layer for layer, _ in fit), *(m for held in replay.values() for m in held)])
         )
+        if not modules:
+            return {}, list(self.names)
+        w = torch.ones(n, device=per_sample.device) if weight is None else weight
+        outputs = [seen[m].output for m in modules]
+        grads: list[torch.Tensor | None] = list(torch.autograd.grad(total, outputs, allow_unused=True))
+        calls = {m: (seen[m].inputs, g) for m, g in zip(modules, grads, strict=True)}
         layers = [(layer, s.inputs) for layer, s in fit]
-        del per_sample, total, seen, fit  # the graph and the outputs: only inputs and gradients are needed
-        for i, (layer, x) in enumerate(layers):
-            g, grads[i] = grads[i], None  # each output gradient freed once used
+        del per_sample, total, seen, fit, outputs, grads  # the graph: only inputs and gradients are needed
+        sums: Tensors = {}
+        replayed = {m for held in replay.values() for m in held}
+        for layer, x in layers:
+            g = calls[layer][1] if layer in replayed else calls.pop(layer)[1]  # freed once used
             if g is not None:  # None: the parameters reach the loss some other way; left to the caller
                 sums |= _layer_sums(layer, self.layers[layer], x, g, w.to(g.device, g.dtype))
+        for name, held in replay.items():
+            parts = [(m, *calls[m]) for m in held]
+            if all(g is not None for _, _, g in parts):
+                sums[name] = _replayed_sum(self.params[name], parts, w)  # type: ignore[arg-type]
         return sums, [name for name in self.names if name not in sums]
+
+
+def _replayable(module: nn.Module, seen: _Seen | None, n: int) -> bool:
+    """Whether running ``module`` again on one sample's input gives that sample's output, as the
+    recorded call made it (checked on the first sample)."""
+    if (
+        seen is None
+        or seen.calls != 1
+        or not seen.alone
+        or not seen.unchanged
+        or not _batched(module, seen, n)
+    ):
+        return False
+    with torch.no_grad():
+        again = module(seen.inputs[:1])
+    return isinstance(again, torch.Tensor) and torch.allclose(again, seen.output[:1].detach())
+
+
+# Elements of per-sample gradients one vmapped replay holds at once (16 MB in float32): a norm's
+# samples go in one call, an embedding's of a real vocabulary one by one.
+REPLAY_ELEMENTS = 1 << 22
+
+
+def _replayed_sum(
+    param: nn.Parameter, calls: Sequence[tuple[nn.Module, torch.Tensor, torch.Tensor]], w: torch.Tensor
+) -> torch.Tensor:
+    """``sum_i w_i g_i^2`` where ``g_i``, sample i's gradient of ``param``, is the sum over the modules
+    holding it of each one's vector-Jacobian product on sample i's input and output gradient."""
+    local = [next(k for k, p in m.named_parameters(recurse=False) if p is param) for m, _, _ in calls]
+
+    def outputs(value: torch.Tensor, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(
+            torch.func.functional_call(m, {k: value}, (x[None],))
+            for (m, _, _), k, x in zip(calls, local, inputs, strict=True)
+        )
+
+    def sample_gradient(inputs: tuple[torch.Tensor, ...], grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        pullback = torch.func.vjp(lambda value: outputs(value, inputs), param.detach())[1]
+        return pullback(tuple(g[None] for g in grads))[0]
+
+    chunk = max(1, REPLAY_ELEMENTS // param.numel())
+    per_sample = torch.func.vmap(sample_gradient)
+    total = torch.zeros_like(param)
+    xs, gs = tuple(x for _, x, _ in calls), tuple(g for _, _, g in calls)
+    for start in range(0, len(w), chunk):
+        part = slice(start, start + chunk)
+        grads = per_sample(tuple(x[part] for x in xs), tuple(g[part] for g in gs))
+        total += torch.tensordot(w[part].to(grads.dtype), grads.square_(), dims=1)
+    return total
