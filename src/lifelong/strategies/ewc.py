@@ -115,7 +115,7 @@ class EWC(Anchored):
         fisher: FisherKind = "empirical",
         mode: Mode = "classic",
         gamma: float = 1.0,
-        chunk_size: int = 64,
+        chunk_size: int = 128,
         samples: int | None = None,
         trainable_only: bool = True,
     ) -> None:
@@ -128,7 +128,7 @@ class EWC(Anchored):
         if not 0 < gamma <= 1:
             raise LifelongError(f"ewc gamma must be in (0, 1], got {gamma}; try gamma=1")
         if chunk_size < 1 or (samples is not None and samples < 1):
-            raise LifelongError("ewc chunk_size and samples must be positive; try chunk_size=64")
+            raise LifelongError("ewc chunk_size and samples must be positive; try chunk_size=128")
         super().__init__(model)
         self.lambda_ewc, self.fisher, self.mode, self.gamma = lambda_ewc, fisher, mode, gamma
         self.chunk_size, self.samples, self.trainable_only = chunk_size, samples, trainable_only
