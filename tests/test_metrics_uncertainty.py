@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lifelong.core.metrics import (
+    average_se,
     binomial_se,
     bootstrap_se,
     difference_within_noise,
@@ -65,3 +66,8 @@ def test_retention_is_final_over_initial_in_either_direction() -> None:
     assert retention(0.8, 0.6) == pytest.approx(0.75)
     assert retention(2.0, 4.0, higher_is_better=False) == pytest.approx(0.5)  # a loss that doubled
     assert retention(0.0, 0.5) is None
+
+
+def test_average_se_of_independent_scores() -> None:
+    assert average_se([0.03, 0.04]) == pytest.approx(0.05 / 2)
+    assert average_se([0.1]) == pytest.approx(0.1)

@@ -28,6 +28,7 @@ from lifelong.errors import LifelongError
 __all__ = [
     "average_accuracy",
     "average_incremental_accuracy",
+    "average_se",
     "backward_transfer",
     "binomial_se",
     "bootstrap_se",
@@ -349,7 +350,15 @@ def mean_and_se(values: Sequence[float], weights: Sequence[float] | None = None)
     mean = float((w * v).sum() / w.sum())
     if np.all((v == 0) | (v == 1)) and np.all(w == w[0]):
         return mean, binomial_se(mean, int(v.size))
-    return mean, bootstrap_se(v, w)
+    return mean, bootstrap_se(v.tolist(), w.tolist())
+
+
+def average_se(errors: Sequence[float]) -> float:
+    """Standard error of the mean of independent scores with these errors: ``sqrt(sum se^2) / n``."""
+    e = _as_float_array(list(errors), "The standard errors")
+    if e.ndim != 1 or e.size == 0:
+        raise LifelongError("average_se needs a non-empty flat list of standard errors")
+    return float(np.sqrt(np.sum(e**2)) / e.size)
 
 
 def difference_within_noise(a: float, se_a: float, b: float, se_b: float, sigmas: float = 2.0) -> bool:

@@ -48,7 +48,7 @@ from lifelong.llm.finetune_data import (
     unique_names,
 )
 from lifelong.llm.finetune_lora import LORA_ADAPTER, LORA_LR, load_task_adapter
-from lifelong.llm.finetune_run import FinetuneRun
+from lifelong.llm.finetune_run import FinetuneRun, Row
 from lifelong.llm.instruct import InstructionTask, Record, check_chat_template, read_records
 from lifelong.llm.models import ModelSupply, is_tiny_llama, load_model, to_device
 from lifelong.llm.plans import DEFAULT_KEEP, Plan, parse_plans
@@ -56,6 +56,7 @@ from lifelong.llm.runs import LLMRun, damaged, data_digest, given_again, open_fo
 from lifelong.llm.settings import FinetuneConfig
 from lifelong.llm.summaries import forgetting_rows, print_finetune_results
 from lifelong.llm.training import DEFAULT_LR, device_of, resolved
+from lifelong.llm.watchsets import add_uncertainty, chosen_sources, load_watch
 from lifelong.report.text import terminal
 from lifelong.runs.folder import default_out
 from lifelong.runs.results import results_document, write_results
@@ -99,6 +100,7 @@ class FinetuneRequest:
     merge: bool = False
     metric: str | Metric | None = None
     tensorboard: bool = False
+    watch: list[str] | None = None  # None: by model (general for a pretrained chat model)
 
     def saved(self) -> dict[str, Any]:
         def named(sources: list[TaskSource]) -> list[str | None]:
@@ -151,6 +153,7 @@ def finetune(
     console: Console | None = None,
     progress: bool = False,
     tensorboard: bool = False,
+    watch: str | Path | Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on each task of ``data`` in turn, once per strategy composition; write ``out``.
 
@@ -163,8 +166,11 @@ def finetune(
     share. ``lora``: True or LoRA fields (``{"r": 8}``) for one adapter per task in
     ``out/adapters/<composition>``; ``merge`` adds their merge. ``metric``: ``"exact"`` (default),
     a function ``(prediction, reference) -> float`` or ``"module:function"``. ``tensorboard`` also
-    logs each task's scores to TensorBoard. Returns the results document (also
-    ``out/results.json``); an unfinished run continues with `resume_finetune`.
+    logs each task's scores to TensorBoard. ``watch``: watch sets (`lifelong.llm.watchsets`), JSONL
+    files or ``general``, scored whole before the first task and after every task and never trained
+    on (default: ``general`` for a pretrained chat model, else none; ``[]`` or ``"none"``: none).
+    Returns the results document (also ``out/results.json``); an unfinished run continues with
+    `resume_finetune`.
     """
     if strategies is None:
         strategies = ["replay"] if replay is not None else ["naive"]
@@ -186,6 +192,9 @@ def finetune(
         merge=merge,
         metric=metric or "exact",
         tensorboard=tensorboard,
+        watch=None
+        if watch is None
+        else [str(w) for w in ([watch] if isinstance(watch, str | Path) else watch)],
     )
     return _finetune(request, Path(out), console, progress, overwrite=overwrite)
 
@@ -211,6 +220,7 @@ def run_finetune_config(
         console=console,
         progress=progress,
         tensorboard=config.tensorboard,
+        watch=config.eval or None,
     )
 
 
@@ -260,11 +270,13 @@ def _finetune(
     prepared = [prepare(t, tokenizer, settings, keep, known=i < known) for i, t in enumerate(named)]
     given = given_prompts(given_records, tokenizer, settings)
     answered = all(t.answered for t in prepared)
+    watch_sources = chosen_sources(request.watch, base, tokenizer)
+    watch = load_watch(watch_sources, tokenizer, settings, metric_fn, metric_name)
     folder = open_folder(COMMAND, out, request.saved(), overwrite=overwrite, resume=resume)
     with folder.running():
         run = LLMRun(
             folder,
-            data_digest(prepared, given),
+            data_digest(prepared, given, *watch.sets),
             [t.name for t in prepared],
             seed=settings.seed,
             tensorboard=request.tensorboard,
@@ -273,13 +285,15 @@ def _finetune(
         )
         to_device(base, device_of(settings))
         evaluating = time.perf_counter()
-        initial = evaluate_all(base, prepared, tokenizer, metric_fn, settings)
+        initial = Row(
+            evaluate_all(base, prepared, tokenizer, metric_fn, settings), watch.measure(base, tokenizer)
+        )
         eval_seconds = time.perf_counter() - evaluating
         lora = None  # full fine-tuning
         if request.lora:
             lora = dict(request.lora) if isinstance(request.lora, Mapping) else {}
         job = FinetuneRun(
-            run, tokenizer, prepared, given, settings, metric_fn, console, progress, lora, initial
+            run, tokenizer, prepared, given, settings, metric_fn, console, progress, lora, watch, initial
         )
         shared = None
         if is_tiny_llama(request.model) and lora is None and not known:
@@ -297,6 +311,7 @@ def _finetune(
             "strategies": [p.label for p in plans],
             "lora": False if lora is None else lora,
             "merge": request.merge,
+            "watch": watch_sources,
             "shared_first_task": shared is not None,
             "out": str(out),
         }
@@ -340,10 +355,13 @@ def _document(
     names = [t.name for t in prepared]
     for record in results:
         if not answered:  # plain-text tasks have no answers to match: the loss is the score
-            record["accuracy_matrix"], record["initial_scores"] = (
-                record["loss_matrix"],
-                record["initial_loss"],
-            )
+            for score, loss in (
+                ("accuracy_matrix", "loss_matrix"),
+                ("initial_scores", "initial_loss"),
+                ("accuracy_matrix_se", "loss_matrix_se"),
+                ("initial_scores_se", "initial_loss_se"),
+            ):
+                record[score] = record[loss]
         record["metrics"] = summarize(
             record["accuracy_matrix"],
             names,
@@ -353,6 +371,7 @@ def _document(
         record["loss_metrics"] = summarize(
             record["loss_matrix"], names, higher_is_better=False, initial_scores=record["initial_loss"]
         )
+        add_uncertainty(record)
         record["eval_seconds"] = round(record["eval_seconds"] + eval_seconds, 4)
     return results_document(
         benchmark="finetune:" + ",".join(names),

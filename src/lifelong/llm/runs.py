@@ -65,6 +65,9 @@ class Scores:
     losses: list[list[float]] = field(default_factory=list)  # finetune: answer loss, the same shape
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    errors: list[list[Any]] = field(default_factory=list)  # the standard error of each score in matrix
+    loss_errors: list[list[float]] = field(default_factory=list)  # and of each loss
+    watch: list[list[dict[str, Any]]] = field(default_factory=list)  # row i: each watch set, measured
 
 
 def saved_settings(run_dir: Path, command: str) -> dict[str, Any]:
