@@ -60,6 +60,7 @@ def test_difference_within_noise_uses_two_combined_standard_errors() -> None:
     assert difference_within_noise(0.70, 0.03, 0.79, 0.04)
     assert not difference_within_noise(0.70, 0.03, 0.81, 0.04)
     assert not difference_within_noise(0.5, 0.0, 0.6, 0.0)
+    assert difference_within_noise(0.5, 0.0, 0.5, 0.0)
 
 
 def test_retention_is_final_over_initial_in_either_direction() -> None:

@@ -362,8 +362,9 @@ def average_se(errors: Sequence[float]) -> float:
 
 
 def difference_within_noise(a: float, se_a: float, b: float, se_b: float, sigmas: float = 2.0) -> bool:
-    """True when ``|a - b| < sigmas * sqrt(se_a^2 + se_b^2)``: the two scores are not told apart."""
-    return bool(abs(a - b) < sigmas * np.hypot(se_a, se_b))
+    """True when ``|a - b| <= sigmas * sqrt(se_a^2 + se_b^2)``: the two scores are not told apart
+    (two equal scores never differ, even with no error)."""
+    return bool(abs(a - b) <= sigmas * np.hypot(se_a, se_b))
 
 
 def retention(initial: float, final: float, higher_is_better: bool = True) -> float | None:
