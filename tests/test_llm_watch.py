@@ -18,6 +18,7 @@ from rich.console import Console
 
 from lifelong.errors import LifelongError
 from lifelong.llm.answers import exact_match
+from lifelong.llm.corpora import load_corpus
 from lifelong.llm.finetune import FinetuneSettings, finetune
 from lifelong.llm.finetune_run import FinetuneRun
 from lifelong.llm.models import load_model
@@ -127,10 +128,10 @@ def test_general_is_scored_by_default_only_for_a_pretrained_chat_model() -> None
 
 def test_pretrain_scores_watch_sets_after_every_domain(tmp_path: Path) -> None:
     probe = write_jsonl(tmp_path / "probe.jsonl", PROBE)
-    prose = tmp_path / "prose.txt"
-    prose.write_text("The cat sat on the mat. " * 60, encoding="utf-8")
-    code = tmp_path / "code.txt"
-    code.write_text("def f(x):\n    return x + 1\n" * 40, encoding="utf-8")
+    documents = load_corpus("prose").documents
+    prose, code = tmp_path / "prose.txt", tmp_path / "more.txt"
+    prose.write_text("\n".join(documents[:20]), encoding="utf-8")
+    code.write_text("\n".join(documents[20:40]), encoding="utf-8")
     train = TrainSettings(block_size=16, batch_size=8, eval_blocks=2, learning_rate=3e-3, first_epochs=1.0)
     document = run_pretrain(
         TINY,
@@ -141,6 +142,10 @@ def test_pretrain_scores_watch_sets_after_every_domain(tmp_path: Path) -> None:
         console=Console(file=io.StringIO()),
         watch=[probe],
     )
-    (entry,) = document["results"][0]["watch"]
+    result = document["results"][0]
+    (entry,) = result["watch"]
     assert entry["items"] == len(PROBE) and len(entry["scores"]) == 2 and entry["initial"] is not None
-    assert "probe" in document["results"][0]["metrics"]["watch_retention"]
+    assert "probe" in result["metrics"]["watch_retention"]
+    # Every perplexity carries its standard error (bootstrap over the held-out blocks) and block count.
+    assert result["items"] == [2, 2] and len(result["initial_scores_se"]) == 2
+    assert all(se > 0 for row in result["accuracy_matrix_se"] for se in row)

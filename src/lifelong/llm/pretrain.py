@@ -42,7 +42,7 @@ from lifelong.llm.models import (
     vocab_size,
     write_model,
 )
-from lifelong.llm.perplexity import perplexities
+from lifelong.llm.perplexity import perplexity_and_se
 from lifelong.llm.pretrain_task import (
     PERPLEXITY_FILE,
     TaskResult,
@@ -298,15 +298,27 @@ class _Domains:
         self.console, self.progress, self.names, self.watch = console, progress, list(domains), watch
         self.heldout = {n: p.heldout for n, p in domains.items()}
         self.initial: dict[str, float] = {}
+        self.initial_se: list[float] = []
         self.initial_watch: list[dict[str, Any]] = []
+        self.errors: list[float] = []  # the standard errors of the last perplexities measured
+        self.items: list[int] = []  # and the held-out blocks each was measured on
 
     def perplexities(self, model: Any) -> dict[str, float]:
-        return perplexities(model, self.heldout, self.settings.eval_batch_size, self.settings.eval_blocks)
+        """Every domain's perplexity; their standard errors (bootstrap over blocks) go to ``errors``."""
+        settings = self.settings
+        measured = {
+            name: perplexity_and_se(model, data, settings.eval_batch_size, settings.eval_blocks)
+            for name, data in self.heldout.items()
+        }
+        self.errors = [se for _, se, _ in measured.values()]
+        self.items = [n for _, _, n in measured.values()]
+        return {name: value for name, (value, _, _) in measured.items()}
 
     def evaluate_initial(self, base: Any) -> float:
         """Perplexity of the model as given, on every domain, and its watch sets; returns the seconds it took."""
         started = time.perf_counter()
         self.initial = self.perplexities(base)
+        self.initial_se = self.errors
         self.initial_watch = self.watch.measure(base, self.tokenizer)
         return time.perf_counter() - started
 
@@ -336,6 +348,7 @@ class _Domains:
             )
             row = self.perplexities(base)
             scores = Scores([[row[n] for n in self.names]], train_seconds=trained.train_seconds)
+            scores.errors.append(self.errors)
             scores.watch.append(self.watch.measure(base, self.tokenizer))
             self._commit(
                 checkpoints, 0, scores, [], base, {"task": first, "before": self.initial, "after": row}
@@ -370,6 +383,9 @@ class _Domains:
                 "initial_scores": [self.initial[n] for n in self.names],
                 "train_seconds": round(scores.train_seconds, 4),
                 "eval_seconds": scores.eval_seconds,
+                "accuracy_matrix_se": scores.errors,
+                "initial_scores_se": self.initial_se,
+                "items": self.items,
             }
             if self.watch.sets:
                 record["watch"] = self.watch.results(self.initial_watch, scores.watch)
@@ -411,6 +427,7 @@ class _Domains:
             )
         started = time.perf_counter()
         row = self.perplexities(model)
+        scores.errors.append(self.errors)
         scores.watch.append(self.watch.measure(model, self.tokenizer))
         scores.eval_seconds += time.perf_counter() - started
         before = dict(zip(names, scores.matrix[-1], strict=True)) if scores.matrix else self.initial

@@ -51,9 +51,11 @@ def print_pretrain_results(console: Console, document: Mapping[str, Any]) -> Non
         table.add_column("after", style="bold")
         for name in names:
             table.add_column(safe_text(name), justify="right")
-        table.add_row("(start)", *(f"{v:.2f}" for v in result["initial_scores"]))
-        for name, row in zip(names, result["accuracy_matrix"], strict=True):
-            table.add_row(safe_text(name), *(f"{v:.2f}" for v in row))
+        start_se = result.get("initial_scores_se") or [None] * len(names)
+        table.add_row("(start)", *map(_with_se, result["initial_scores"], start_se))
+        errors = result.get("accuracy_matrix_se") or [[None] * len(names)] * len(names)
+        for name, row, row_se in zip(names, result["accuracy_matrix"], errors, strict=True):
+            table.add_row(safe_text(name), *map(_with_se, row, row_se))
         console.print(table)
     print_watch(console, document)
     if len(names) < 2:
@@ -117,7 +119,7 @@ def print_finetune_results(console: Console, document: Mapping[str, Any]) -> Non
             table.add_column(safe_text(name), justify="right")
         errors = result.get("accuracy_matrix_se") or [[None] * len(names)] * len(names)
         for name, row, row_se in zip(names, result["accuracy_matrix"], errors, strict=True):
-            table.add_row(safe_text(name), *(_with_se(v, se) for v, se in zip(row, row_se, strict=True)))
+            table.add_row(safe_text(name), *map(_with_se, row, row_se))
         if "merged" in result:
             table.add_row("merged", *("—" if v is None else f"{v:.3f}" for v in result["merged"]["scores"]))
         console.print(table)
