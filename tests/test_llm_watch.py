@@ -149,3 +149,25 @@ def test_pretrain_scores_watch_sets_after_every_domain(tmp_path: Path) -> None:
     # Every perplexity carries its standard error (bootstrap over the held-out blocks) and block count.
     assert result["items"] == [2, 2] and len(result["initial_scores_se"]) == 2
     assert all(se > 0 for row in result["accuracy_matrix_se"] for se in row)
+
+
+def test_a_multiple_choice_task_and_a_watch_set_through_the_command_line(cli: Any, tmp_path: Path) -> None:
+    """A task of multiple-choice records is learned as its right answers and scored by acc_norm."""
+    rows = [
+        {"prompt": f"Double {a}:", "choices": [f" {2 * a}", f" {a + 1}", f" {a}"], "answer": f" {2 * a}"}
+        for a in range(20)
+    ]
+    task = write_jsonl(tmp_path / "double.jsonl", rows)
+    probe = write_jsonl(tmp_path / "probe.jsonl", PROBE)
+    out = tmp_path / "run"
+    code, printed, err = cli(
+        "finetune", "--model", TINY, "--data", str(task), "--eval", str(probe), "--epochs", "1",
+        "--max-length", "32", "--device", "cpu", "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert document["score_name"] == "acc_norm" and document["config"]["watch"] == [str(probe)]
+    (result,) = document["results"]
+    ((score,),), ((se,),) = result["accuracy_matrix"], result["accuracy_matrix_se"]
+    assert result["items"] == [2] and se == pytest.approx((score * (1 - score) / 2) ** 0.5)
+    assert "watch sets" in printed and "probe" in printed

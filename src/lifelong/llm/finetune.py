@@ -44,6 +44,7 @@ from lifelong.llm.finetune_data import (
     given_prompts,
     load_tasks,
     prepare,
+    score_name_of,
     tiny_skills_settings,
     unique_names,
 )
@@ -270,6 +271,9 @@ def _finetune(
     prepared = [prepare(t, tokenizer, settings, keep, known=i < known) for i, t in enumerate(named)]
     given = given_prompts(given_records, tokenizer, settings)
     answered = all(t.answered for t in prepared)
+    # Multiple-choice tasks are scored by acc_norm, the others by the metric; with plain text, all by loss.
+    score_name = " / ".join(dict.fromkeys(score_name_of(t, metric_name) for t in prepared))
+    score_name = score_name if answered else "answer loss"
     watch_sources = chosen_sources(request.watch, base, tokenizer)
     watch = load_watch(watch_sources, tokenizer, settings, metric_fn, metric_name)
     folder = open_folder(COMMAND, out, request.saved(), overwrite=overwrite, resume=resume)
@@ -280,7 +284,7 @@ def _finetune(
             [t.name for t in prepared],
             seed=settings.seed,
             tensorboard=request.tensorboard,
-            average="average_" + (metric_name if answered else "answer loss").replace(" ", "_"),
+            average="average_" + score_name.replace(" / ", "_or_").replace(" ", "_"),
             scored_by_loss=not answered,
         )
         to_device(base, device_of(settings))
@@ -316,7 +320,7 @@ def _finetune(
             "out": str(out),
         }
         wall = time.perf_counter() - started
-        document = _document(results, prepared, answered, metric_name, eval_seconds, config, wall)
+        document = _document(results, prepared, answered, score_name, eval_seconds, config, wall)
         write_results(out, document)
     return publish(out, document, console, print_finetune_results)
 
@@ -347,7 +351,7 @@ def _document(
     results: list[dict[str, Any]],
     prepared: list[Prepared],
     answered: bool,
-    metric_name: str,
+    score_name: str,
     eval_seconds: float,
     config: dict[str, Any],
     wall: float,
@@ -378,7 +382,7 @@ def _document(
         scenario="task",
         tasks=names,
         higher_is_better=answered,
-        score_name=metric_name if answered else "answer loss",
+        score_name=score_name,
         config=config,
         wall_seconds=wall,
         results=results,

@@ -147,7 +147,7 @@ class FinetuneConfig(_LanguageModelSettings):
     data: list[str] = setting(
         None,
         "One task of the stream, in order (repeatable): a .jsonl file of {prompt, completion}, "
-        "{messages} or {text} records, or the built-in skills (three tasks).  \\[default: skills]",
+        "{messages}, {prompt, choices, answer} or {text} records, or the built-in skills (three tasks).  \\[default: skills]",
         "--data",
         "-d",
         factory=lambda: ["skills"],
