@@ -91,8 +91,9 @@ def test_watch_sets_are_scored_whole_every_task_and_never_trained(
         assert result["items"] == [4] * len(tasks)
         assert len(result["accuracy_matrix_se"]) == len(tasks)
         assert result["metrics"]["average_accuracy_se"] >= 0
-    report = (out / "report.md").read_text(encoding="utf-8")
-    assert "## Watch sets" in report and "probe" in report and "within noise" in report
+    for name, heading in (("report.md", "## Watch sets"), ("report.html", "<h2>Watch sets</h2>")):
+        report = (out / name).read_text(encoding="utf-8")
+        assert heading in report and "probe" in report and "within noise" in report
 
 
 def test_the_general_watch_set_ships_with_the_package() -> None:

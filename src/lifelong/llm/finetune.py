@@ -274,8 +274,9 @@ def _finetune(
     # Multiple-choice tasks are scored by acc_norm, the others by the metric; with plain text, all by loss.
     score_name = " / ".join(dict.fromkeys(score_name_of(t, metric_name) for t in prepared))
     score_name = score_name if answered else "answer loss"
-    watch_sources = chosen_sources(request.watch, base, tokenizer)
-    watch = load_watch(watch_sources, tokenizer, settings, metric_fn, metric_name)
+    watch = load_watch(
+        chosen_sources(request.watch, base, tokenizer), tokenizer, settings, metric_fn, metric_name
+    )
     folder = open_folder(COMMAND, out, request.saved(), overwrite=overwrite, resume=resume)
     with folder.running():
         run = LLMRun(
@@ -315,7 +316,7 @@ def _finetune(
             "strategies": [p.label for p in plans],
             "lora": False if lora is None else lora,
             "merge": request.merge,
-            "watch": watch_sources,
+            "watch": watch.sources,
             "shared_first_task": shared is not None,
             "out": str(out),
         }

@@ -28,11 +28,9 @@ from rich.console import Console
 from lifelong.core.checkpoint import atomic_write_json
 from lifelong.core.metrics import summarize
 from lifelong.errors import LifelongError
-from lifelong.llm.answers import resolve_metric
 from lifelong.llm.corpora import Corpus, load_corpus
 from lifelong.llm.data import PackedCorpus, check_replay_ratio
 from lifelong.llm.domains import Composition, CorpusLike, packed, parse_compositions, unique_domains
-from lifelong.llm.finetune_data import FinetuneSettings
 from lifelong.llm.models import (
     ModelSupply,
     is_tiny_llama,
@@ -71,7 +69,7 @@ from lifelong.llm.training import (
     ensure_old_importance,
     resolved,
 )
-from lifelong.llm.watchsets import Watch, add_uncertainty, chosen_sources, load_watch
+from lifelong.llm.watchsets import Watch, add_uncertainty, pretrain_watch
 from lifelong.report.text import safe_text, terminal
 from lifelong.runs.folder import default_out
 from lifelong.runs.results import write_results
@@ -240,13 +238,7 @@ def _pretrain(
         for s in request.corpora
     ]
     domains = unique_domains([packed(c, tokenizer, settings.block_size, vocab_size(base)) for c in loaded])
-    # Watch sets are scored as finetune scores its tasks, each record cut to a training block.
-    scoring = FinetuneSettings(
-        max_length=settings.block_size, eval_batch_size=settings.eval_batch_size, seed=settings.seed
-    )
-    metric, metric_name = resolve_metric("exact")
-    watch_sources = chosen_sources(request.watch, base, tokenizer)
-    watch = load_watch(watch_sources, tokenizer, scoring, metric, metric_name)
+    watch = pretrain_watch(request.watch, base, tokenizer, settings)
     folder = open_folder(COMMAND, out, request.saved(), overwrite=overwrite, resume=resume)
     with folder.running():
         run = LLMRun(
@@ -272,7 +264,7 @@ def _pretrain(
             "corpora": [c.origin if isinstance(c, Corpus) else c.name for c in loaded],
             "replay_ratio": ratio,
             "strategies": [p.label for p in plans],
-            "watch": watch_sources,
+            "watch": watch.sources,
             "shared_first_task": shared is not None,
             "out": str(out),
         }

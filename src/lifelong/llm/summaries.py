@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from lifelong.report.noise import WATCH_HEADER, watch_rows
+from lifelong.report.noise import WATCH_HEADER, noise_lines, watch_rows
 from lifelong.report.text import safe_text
 from lifelong.report.view import view_of
 
@@ -153,15 +153,18 @@ def _with_se(value: float | None, se: float | None) -> str:
 
 
 def print_watch(console: Console, document: Mapping[str, Any]) -> None:
-    """Each watch set before the first task and after the last, per composition (none: nothing)."""
+    """Each watch set before the first task and after the last, per composition, and which differences
+    from naive are within noise."""
     from rich.table import Table
 
-    rows = watch_rows(view_of(dict(document), "results.json", "run"))
-    if not rows:
-        return
-    table = Table(title="watch sets: scored before the first task and after the last, never trained on")
-    for k, column in enumerate(WATCH_HEADER):
-        table.add_column(column, justify="left" if k < 3 else "right", no_wrap=k == 0)
-    for row in rows:
-        table.add_row(*map(safe_text, row))
-    console.print(table)
+    view = view_of(dict(document), "results.json", "run")
+    rows = watch_rows(view)
+    if rows:
+        table = Table(title="watch sets: scored before the first task and after the last, never trained on")
+        for k, column in enumerate(WATCH_HEADER):
+            table.add_column(column, justify="left" if k < 3 else "right", no_wrap=k == 0)
+        for row in rows:
+            table.add_row(*map(safe_text, row))
+        console.print(table)
+    for line in noise_lines(view):
+        console.print(safe_text(line), highlight=False)

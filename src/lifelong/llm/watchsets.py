@@ -21,9 +21,10 @@ from typing import Any
 
 from lifelong.core.metrics import average_se, retention
 from lifelong.errors import LifelongError
-from lifelong.llm.answers import Metric
+from lifelong.llm.answers import Metric, exact_match
 from lifelong.llm.finetune_data import FinetuneSettings, Prepared, measure_task, prepare, score_name_of
 from lifelong.llm.instruct import InstructionTask, read_records
+from lifelong.llm.training import TrainSettings
 
 GENERAL = "general"
 NONE = "none"
@@ -51,6 +52,7 @@ def chosen_sources(given: Sequence[str] | None, model: Any, tokenizer: Any) -> l
 class Watch:
     """The watch sets of a run in tokens, and how they are scored (the run's metric and settings)."""
 
+    sources: list[str]  # as given: files, or general
     sets: list[Prepared]
     metric: Metric
     metric_name: str
@@ -115,7 +117,16 @@ def load_watch(
             name, k = f"{path.stem}-{k}", k + 1
         task = InstructionTask(name, [], records, str(source))
         sets.append(prepare(task, tokenizer, whole, keep=0))
-    return Watch(sets, metric, metric_name, settings)
+    return Watch(list(sources), sets, metric, metric_name, settings)
+
+
+def pretrain_watch(given: Sequence[str] | None, model: Any, tokenizer: Any, settings: TrainSettings) -> Watch:
+    """`lifelong pretrain`'s watch sets, scored as finetune scores its tasks (exact match for answers),
+    each record cut to a training block."""
+    scoring = FinetuneSettings(
+        max_length=settings.block_size, eval_batch_size=settings.eval_batch_size, seed=settings.seed
+    )
+    return load_watch(chosen_sources(given, model, tokenizer), tokenizer, scoring, exact_match, "exact match")
 
 
 def add_uncertainty(record: dict[str, Any]) -> None:
