@@ -7,7 +7,8 @@ has the highest sum; ``acc_norm`` divides each sum by the choice's length in cha
 harness does (``lls / completion_len`` with ``completion_len = len(choice)``, which it calls byte-length
 normalisation: the two agree on ASCII text), so long choices are not punished for their length.
 
-All (prompt, choice) pairs of a set are scored in batches, one forward pass per batch.
+All (prompt, choice) pairs of a set are scored in batches: one forward pass for a batch's prompts, one
+for all their choices, which share the prompts' key-value cache.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from lifelong.llm.instruct import IGNORE, Record, encode_prompt, pad_batch
+from lifelong.llm.instruct import Record, encode_prompt
 from lifelong.strategies.anchors import eval_mode
 
 ACC_NORM = "acc_norm"
@@ -57,28 +57,75 @@ def encode_choices(record: Record, tokenizer: Any, max_length: int) -> ChoiceIte
 def choice_loglikelihoods(
     model: Any, items: Sequence[ChoiceItem], pad_id: int, batch_size: int = 64
 ) -> list[list[float]]:
-    """Sum of log-probabilities of each choice's tokens after its prompt, per item and choice."""
+    """Sum of log-probabilities of each choice's tokens after its prompt, per item and choice.
 
-    pairs = [(i, k) for i, item in enumerate(items) for k in range(len(item.choices))]
-    # Longest first, so a batch's rows are of similar length and little is padded.
-    pairs.sort(key=lambda p: -(len(items[p[0]].context) + len(items[p[0]].choices[p[1]])))
-    out = [[0.0] * len(item.choices) for item in items]
-    device = next(model.parameters()).device
+    A batch of prompts runs once (left-padded, shortest with shortest); its key-value cache is then
+    shared by every choice of each prompt, which runs in one more forward pass: a choice costs its own
+    few tokens, not its prompt's again."""
+    out: list[list[float]] = [[] for _ in items]
+    order = sorted(range(len(items)), key=lambda i: len(items[i].context))
     with eval_mode(model):
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            ids = [items[i].context + items[i].choices[k] for i, k in chunk]
-            labels = [[IGNORE] * len(items[i].context) + items[i].choices[k] for i, k in chunk]
-            batch = pad_batch(ids, labels, pad_id)
-            logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits
-            targets = batch["labels"][:, 1:].to(device)
-            nll = F.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
-            )
-            for (i, k), total in zip(chunk, (-nll.sum(dim=1)).tolist(), strict=True):
-                out[i][k] = total
+        start = 0
+        while start < len(order):
+            rows, stop = 0, start
+            while stop < len(order) and (
+                stop == start or rows + len(items[order[stop]].choices) <= batch_size
+            ):
+                rows += len(items[order[stop]].choices)
+                stop += 1
+            chunk = order[start:stop]
+            for i, values in zip(
+                chunk, _batch_loglikelihoods(model, [items[i] for i in chunk], pad_id), strict=True
+            ):
+                out[i] = values
+            start = stop
+    return out
+
+
+def _batch_loglikelihoods(model: Any, items: Sequence[ChoiceItem], pad_id: int) -> list[list[float]]:
+    device = next(model.parameters()).device
+    width = max(len(item.context) for item in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for k, item in enumerate(items):
+        ids[k, width - len(item.context) :] = torch.tensor(item.context)
+        mask[k, width - len(item.context) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    prompt = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    # One row per (prompt, choice): the prompt's cache, then the choice's tokens, right-padded.
+    owner = [k for k, item in enumerate(items) for _ in item.choices]
+    choices = [c for item in items for c in item.choices]
+    length = max(len(c) for c in choices)
+    tokens = torch.full((len(choices), length), pad_id, dtype=torch.long)
+    valid = torch.zeros_like(tokens)
+    for r, choice in enumerate(choices):
+        tokens[r, : len(choice)] = torch.tensor(choice)
+        valid[r, : len(choice)] = 1
+    index = torch.tensor(owner)
+    # transformers 5 names the key-value cache `cache`; earlier versions `past_key_values`.
+    name = "cache" if getattr(prompt, "cache", None) is not None else "past_key_values"
+    cache = getattr(prompt, name)
+    cache.batch_select_indices(index.to(device))
+    after = model(
+        input_ids=tokens.to(device),
+        attention_mask=torch.cat([mask[index], valid], dim=1).to(device),
+        position_ids=(mask.sum(dim=1)[index, None] + torch.arange(length)).to(device),
+        use_cache=True,
+        **{name: cache},
+    ).logits
+    # The first token of a choice is predicted at the prompt's end, each next one by the choice itself.
+    logits = torch.cat([prompt.logits[index, -1:].to(after.dtype), after[:, :-1]], dim=1).float()
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, tokens.to(device)[..., None])[..., 0]
+    totals = (picked * valid.to(device)).sum(dim=1).tolist()
+    out: list[list[float]] = [[] for _ in items]
+    for k, total in zip(owner, totals, strict=True):
+        out[k].append(total)
     return out
 
 
