@@ -91,6 +91,10 @@ def test_watch_sets_are_scored_whole_every_task_and_never_trained(
         assert result["items"] == [4] * len(tasks)
         assert len(result["accuracy_matrix_se"]) == len(tasks)
         assert result["metrics"]["average_accuracy_se"] >= 0
+    # metrics.jsonl logs each task's watch scores as it goes (the last line: the last task's).
+    last = json.loads((out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    final = document["results"][-1]["watch"]
+    assert last["watch"] == {"probe": final[0]["scores"][-1], "answers": final[1]["scores"][-1]}
     for name, heading in (("report.md", "## Watch sets"), ("report.html", "<h2>Watch sets</h2>")):
         report = (out / name).read_text(encoding="utf-8")
         assert heading in report and "probe" in report and "within noise" in report

@@ -287,6 +287,7 @@ def _finetune(
             tensorboard=request.tensorboard,
             average="average_" + score_name.replace(" / ", "_or_").replace(" ", "_"),
             scored_by_loss=not answered,
+            watch_names=watch.names,
         )
         to_device(base, device_of(settings))
         evaluating = time.perf_counter()

@@ -248,6 +248,7 @@ def _pretrain(
             seed=settings.seed,
             tensorboard=request.tensorboard,
             average="average_perplexity",
+            watch_names=watch.names,
         )
         job = _Domains(run, domains, tokenizer, settings, console, progress, watch)
         device = device_of(settings)
