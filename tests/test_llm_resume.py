@@ -35,6 +35,9 @@ COMPARED = (
     "metrics",
     "loss_metrics",
     "merged",
+    "watch",  # watch sets' scores are part of what a checkpoint keeps
+    "accuracy_matrix_se",
+    "loss_matrix_se",
 )
 
 pytestmark = pytest.mark.usefixtures("llm_cache")  # tiny-llama builds once, in a test folder
@@ -80,8 +83,15 @@ def results(run: Path) -> list[dict[str, Any]]:
 def test_finetune_killed_in_each_composition_resumes_to_the_same_matrices(
     cli: Any, tmp_path: Path, lora: list[str]
 ) -> None:
-    """Killed once in each composition (replay, then lwf on earlier prompts), resumed twice."""
-    args = [*FINETUNE, *lora, "-s", "replay", "-s", "lwf:prompts=earlier"]
+    """Killed once in each composition (replay, then lwf on earlier prompts), resumed twice; a watch set
+    is scored all along."""
+    probe = tmp_path / "probe.jsonl"
+    rows = [
+        {"prompt": f"{a} + {a} =", "choices": [f" {2 * a}", f" {a}", f" {a + 1}"], "answer": 0}
+        for a in range(6)
+    ]
+    probe.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    args = [*FINETUNE, *lora, "-s", "replay", "-s", "lwf:prompts=earlier", "--eval", str(probe)]
     killed = tmp_path / "killed"
     kill_at(["finetune", *args, "--out", str(killed)], task_marker(killed, 0, "replay:ratio=0.1", 1))
     # tiny-llama trains the first task once for both compositions (without --lora), kept apart.
@@ -96,6 +106,7 @@ def test_finetune_killed_in_each_composition_resumes_to_the_same_matrices(
     code, _, err = cli("finetune", *args, "--out", str(tmp_path / "straight"))
     assert code == 0, err
     assert results(killed) == results(tmp_path / "straight")
+    assert all(len(r["watch"][0]["scores"]) == 3 for r in results(killed))
     # Only the newest checkpoint of each composition is kept.
     assert [p.name for p in strategy_dir(killed, 1, second).glob("task-*")] == ["task-2"]
     lines = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]

@@ -28,12 +28,18 @@ from lifelong.errors import LifelongError
 __all__ = [
     "average_accuracy",
     "average_incremental_accuracy",
+    "average_se",
     "backward_transfer",
+    "binomial_se",
+    "bootstrap_se",
     "compute_forgetting_rate",
+    "difference_within_noise",
     "forgetting",
     "forgetting_rate",
     "forward_transfer",
     "forward_transfer_from_scratch",
+    "mean_and_se",
+    "retention",
     "summarize",
 ]
 
@@ -296,3 +302,75 @@ def summarize(
         "fwt": fwt,
         "forgetting_rate": dict(zip(names, rates, strict=True)),
     }
+
+
+# ---- uncertainty ------------------------------------------------------------------------------------------
+
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of a proportion ``p`` measured on ``n`` items: ``sqrt(p (1 - p) / n)``."""
+    if n < 1:
+        raise LifelongError(f"a standard error needs at least one item, got n={n}")
+    return float(np.sqrt(max(p * (1 - p), 0.0) / n))
+
+
+def bootstrap_se(
+    values: Sequence[float],
+    weights: Sequence[float] | None = None,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> float:
+    """Bootstrap standard error of the weighted mean ``sum(w v) / sum(w)`` of ``values`` (items resampled).
+
+    The weights let a pooled mean, such as a loss averaged over all answer tokens, be resampled by
+    item: ``values`` are the items' mean losses and ``weights`` their token counts. The seed is fixed,
+    so the same scores always get the same error.
+    """
+    v = _as_float_array(list(values), "The values")
+    w = np.ones_like(v) if weights is None else _as_float_array(list(weights), "The weights")
+    if v.ndim != 1 or v.shape != w.shape or v.size == 0:
+        raise LifelongError("bootstrap_se needs a non-empty flat list of values and as many weights")
+    picks = np.random.default_rng(seed).integers(0, v.size, size=(samples, v.size))
+    totals = w[picks].sum(axis=1)
+    kept = totals > 0  # a resample of weightless items only has no mean
+    means = (w * v)[picks].sum(axis=1)[kept] / totals[kept]
+    return float(np.std(means, ddof=1)) if means.size > 1 else 0.0
+
+
+def mean_and_se(values: Sequence[float], weights: Sequence[float] | None = None) -> tuple[float, float]:
+    """(weighted mean, its standard error): binomial where every value is 0 or 1 and the weights are
+    equal (an accuracy), else `bootstrap_se`."""
+    v = _as_float_array(list(values), "The values")
+    if v.ndim != 1 or v.size == 0:
+        raise LifelongError("a mean needs a non-empty flat list of values")
+    w = np.ones_like(v) if weights is None else _as_float_array(list(weights), "The weights")
+    mean = float((w * v).sum() / w.sum())
+    if np.all((v == 0) | (v == 1)) and np.all(w == w[0]):
+        return mean, binomial_se(mean, int(v.size))
+    return mean, bootstrap_se(v.tolist(), w.tolist())
+
+
+def average_se(errors: Sequence[float]) -> float:
+    """Standard error of the mean of independent scores with these errors: ``sqrt(sum se^2) / n``."""
+    e = _as_float_array(list(errors), "The standard errors")
+    if e.ndim != 1 or e.size == 0:
+        raise LifelongError("average_se needs a non-empty flat list of standard errors")
+    return float(np.sqrt(np.sum(e**2)) / e.size)
+
+
+def difference_within_noise(a: float, se_a: float, b: float, se_b: float, sigmas: float = 2.0) -> bool:
+    """True when ``|a - b| <= sigmas * sqrt(se_a^2 + se_b^2)``: the two scores are not told apart
+    (two equal scores never differ, even with no error)."""
+    return bool(abs(a - b) <= sigmas * np.hypot(se_a, se_b))
+
+
+def retention(initial: float, final: float, higher_is_better: bool = True) -> float | None:
+    """How much of a score the model kept: ``final / initial`` (``initial / final`` when lower is
+    better, so 1 = kept, below 1 = lost either way); ``None`` where the ratio is undefined."""
+    numerator, denominator = (final, initial) if higher_is_better else (initial, final)
+    if denominator == 0:
+        return None
+    return float(numerator / denominator)

@@ -101,11 +101,19 @@ def generate_answers(
     return out
 
 
-@torch.no_grad()
 def answer_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int = 64) -> float:
     """Mean next-token loss over answer tokens (labels != -100), all examples pooled."""
+    sums = answer_token_losses(model, examples, pad_id, batch_size)
+    return sum(total for total, _ in sums) / max(sum(count for _, count in sums), 1)
+
+
+@torch.no_grad()
+def answer_token_losses(
+    model: Any, examples: Sequence[Example], pad_id: int, batch_size: int = 64
+) -> list[tuple[float, int]]:
+    """Per example: (summed next-token loss over its answer tokens, how many there are)."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    out: list[tuple[float, int]] = []
     with eval_mode(model):
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
@@ -114,13 +122,12 @@ def answer_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
             ).logits
             labels = batch["labels"][:, 1:].to(device)
-            total += float(
-                F.cross_entropy(
-                    logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"
-                )
+            losses = F.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
             )
-            count += int((labels != IGNORE).sum())
-    return total / max(count, 1)
+            totals, counts = losses.sum(dim=1).tolist(), (labels != IGNORE).sum(dim=1).tolist()
+            out += [(float(t), int(n)) for t, n in zip(totals, counts, strict=True)]
+    return out
 
 
 def answer_prompts(examples: Sequence[Example], max_new_tokens: int) -> list[Prompt]:

@@ -44,11 +44,12 @@ from lifelong.llm.finetune_data import (
     given_prompts,
     load_tasks,
     prepare,
+    score_name_of,
     tiny_skills_settings,
     unique_names,
 )
 from lifelong.llm.finetune_lora import LORA_ADAPTER, LORA_LR, load_task_adapter
-from lifelong.llm.finetune_run import FinetuneRun
+from lifelong.llm.finetune_run import FinetuneRun, Row
 from lifelong.llm.instruct import InstructionTask, Record, check_chat_template, read_records
 from lifelong.llm.models import ModelSupply, is_tiny_llama, load_model, to_device
 from lifelong.llm.plans import DEFAULT_KEEP, Plan, parse_plans
@@ -56,6 +57,7 @@ from lifelong.llm.runs import LLMRun, damaged, data_digest, given_again, open_fo
 from lifelong.llm.settings import FinetuneConfig
 from lifelong.llm.summaries import forgetting_rows, print_finetune_results
 from lifelong.llm.training import DEFAULT_LR, device_of, resolved
+from lifelong.llm.watchsets import add_uncertainty, chosen_sources, load_watch
 from lifelong.report.text import terminal
 from lifelong.runs.folder import default_out
 from lifelong.runs.results import results_document, write_results
@@ -99,6 +101,7 @@ class FinetuneRequest:
     merge: bool = False
     metric: str | Metric | None = None
     tensorboard: bool = False
+    watch: list[str] | None = None  # None: by model (general for a pretrained chat model)
 
     def saved(self) -> dict[str, Any]:
         def named(sources: list[TaskSource]) -> list[str | None]:
@@ -151,6 +154,7 @@ def finetune(
     console: Console | None = None,
     progress: bool = False,
     tensorboard: bool = False,
+    watch: str | Path | Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on each task of ``data`` in turn, once per strategy composition; write ``out``.
 
@@ -163,8 +167,11 @@ def finetune(
     share. ``lora``: True or LoRA fields (``{"r": 8}``) for one adapter per task in
     ``out/adapters/<composition>``; ``merge`` adds their merge. ``metric``: ``"exact"`` (default),
     a function ``(prediction, reference) -> float`` or ``"module:function"``. ``tensorboard`` also
-    logs each task's scores to TensorBoard. Returns the results document (also
-    ``out/results.json``); an unfinished run continues with `resume_finetune`.
+    logs each task's scores to TensorBoard. ``watch``: watch sets (`lifelong.llm.watchsets`), JSONL
+    files or ``general``, scored whole before the first task and after every task and never trained
+    on (default: ``general`` for a pretrained chat model, else none; ``[]`` or ``"none"``: none).
+    Returns the results document (also ``out/results.json``); an unfinished run continues with
+    `resume_finetune`.
     """
     if strategies is None:
         strategies = ["replay"] if replay is not None else ["naive"]
@@ -186,6 +193,9 @@ def finetune(
         merge=merge,
         metric=metric or "exact",
         tensorboard=tensorboard,
+        watch=None
+        if watch is None
+        else [str(w) for w in ([watch] if isinstance(watch, str | Path) else watch)],
     )
     return _finetune(request, Path(out), console, progress, overwrite=overwrite)
 
@@ -211,6 +221,7 @@ def run_finetune_config(
         console=console,
         progress=progress,
         tensorboard=config.tensorboard,
+        watch=config.eval or None,
     )
 
 
@@ -260,26 +271,35 @@ def _finetune(
     prepared = [prepare(t, tokenizer, settings, keep, known=i < known) for i, t in enumerate(named)]
     given = given_prompts(given_records, tokenizer, settings)
     answered = all(t.answered for t in prepared)
+    # Multiple-choice tasks are scored by acc_norm, the others by the metric; with plain text, all by loss.
+    score_name = " / ".join(dict.fromkeys(score_name_of(t, metric_name) for t in prepared))
+    score_name = score_name if answered else "answer loss"
+    watch = load_watch(
+        chosen_sources(request.watch, base, tokenizer), tokenizer, settings, metric_fn, metric_name
+    )
     folder = open_folder(COMMAND, out, request.saved(), overwrite=overwrite, resume=resume)
     with folder.running():
         run = LLMRun(
             folder,
-            data_digest(prepared, given),
+            data_digest(prepared, given, *watch.sets),
             [t.name for t in prepared],
             seed=settings.seed,
             tensorboard=request.tensorboard,
-            average="average_" + (metric_name if answered else "answer loss").replace(" ", "_"),
+            average="average_" + score_name.replace(" / ", "_or_").replace(" ", "_"),
             scored_by_loss=not answered,
+            watch_names=watch.names,
         )
         to_device(base, device_of(settings))
         evaluating = time.perf_counter()
-        initial = evaluate_all(base, prepared, tokenizer, metric_fn, settings)
+        initial = Row(
+            evaluate_all(base, prepared, tokenizer, metric_fn, settings), watch.measure(base, tokenizer)
+        )
         eval_seconds = time.perf_counter() - evaluating
         lora = None  # full fine-tuning
         if request.lora:
             lora = dict(request.lora) if isinstance(request.lora, Mapping) else {}
         job = FinetuneRun(
-            run, tokenizer, prepared, given, settings, metric_fn, console, progress, lora, initial
+            run, tokenizer, prepared, given, settings, metric_fn, console, progress, lora, watch, initial
         )
         shared = None
         if is_tiny_llama(request.model) and lora is None and not known:
@@ -297,11 +317,12 @@ def _finetune(
             "strategies": [p.label for p in plans],
             "lora": False if lora is None else lora,
             "merge": request.merge,
+            "watch": watch.sources,
             "shared_first_task": shared is not None,
             "out": str(out),
         }
         wall = time.perf_counter() - started
-        document = _document(results, prepared, answered, metric_name, eval_seconds, config, wall)
+        document = _document(results, prepared, answered, score_name, eval_seconds, config, wall)
         write_results(out, document)
     return publish(out, document, console, print_finetune_results)
 
@@ -332,7 +353,7 @@ def _document(
     results: list[dict[str, Any]],
     prepared: list[Prepared],
     answered: bool,
-    metric_name: str,
+    score_name: str,
     eval_seconds: float,
     config: dict[str, Any],
     wall: float,
@@ -340,10 +361,13 @@ def _document(
     names = [t.name for t in prepared]
     for record in results:
         if not answered:  # plain-text tasks have no answers to match: the loss is the score
-            record["accuracy_matrix"], record["initial_scores"] = (
-                record["loss_matrix"],
-                record["initial_loss"],
-            )
+            for score, loss in (
+                ("accuracy_matrix", "loss_matrix"),
+                ("initial_scores", "initial_loss"),
+                ("accuracy_matrix_se", "loss_matrix_se"),
+                ("initial_scores_se", "initial_loss_se"),
+            ):
+                record[score] = record[loss]
         record["metrics"] = summarize(
             record["accuracy_matrix"],
             names,
@@ -353,13 +377,14 @@ def _document(
         record["loss_metrics"] = summarize(
             record["loss_matrix"], names, higher_is_better=False, initial_scores=record["initial_loss"]
         )
+        add_uncertainty(record)
         record["eval_seconds"] = round(record["eval_seconds"] + eval_seconds, 4)
     return results_document(
         benchmark="finetune:" + ",".join(names),
         scenario="task",
         tasks=names,
         higher_is_better=answered,
-        score_name=metric_name if answered else "answer loss",
+        score_name=score_name,
         config=config,
         wall_seconds=wall,
         results=results,

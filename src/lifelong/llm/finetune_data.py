@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lifelong.core.metrics import bootstrap_se, mean_and_se
 from lifelong.errors import LifelongError
-from lifelong.llm.answers import Metric, Prompt, answer_loss, answer_prompts, generate_answers
+from lifelong.llm.answers import Metric, Prompt, answer_prompts, answer_token_losses, generate_answers
+from lifelong.llm.choices import ACC_NORM, ChoiceItem, encode_choices, score_choices
 from lifelong.llm.instruct import (
     Example,
     InstructionTask,
@@ -78,6 +80,7 @@ class Prepared:
     prompts: list[Prompt]
     answered: bool
     known: bool = False
+    choices: list[ChoiceItem] | None = None  # a multiple-choice task: scored by the choices' likelihood
 
 
 # ---- reading the stream ---------------------------------------------------------------------------------------
@@ -118,6 +121,9 @@ def prepare(
     train = [encode(r, tokenizer, settings.max_length) for r in task.train]
     heldout_records = task.heldout[: settings.eval_examples] if settings.eval_examples else task.heldout
     heldout = [encode(r, tokenizer, settings.max_length) for r in heldout_records]
+    choices = None
+    if heldout_records and all(r.choices is not None for r in heldout_records):
+        choices = [encode_choices(r, tokenizer, settings.max_length) for r in heldout_records]
     rng = random.Random(f"{settings.seed}-{task.name}")
     answered = [e for e in train if e.answer is not None]
     kept = rng.sample(answered, min(keep, len(answered)))
@@ -128,6 +134,7 @@ def prepare(
         answer_prompts(kept, settings.max_new_tokens),
         answered=task.answered,
         known=known,
+        choices=choices,
     )
 
 
@@ -141,14 +148,42 @@ def given_prompts(records: Sequence[Record], tokenizer: Any, settings: FinetuneS
 # ---- scoring ------------------------------------------------------------------------------------------------------
 
 
-def evaluate_task(
+@dataclass
+class Measure:
+    """A set's score after one task, with its standard error and item count.
+
+    ``score``: the metric (exact match by default) on generated answers, acc_norm for multiple choice,
+    None for plain text; ``loss``: the mean answer-token loss; ``acc``: multiple choice's unnormalised
+    accuracy. Accuracies' errors are binomial, the others' bootstrapped over items (fixed seed)."""
+
+    score: float | None
+    score_se: float | None
+    loss: float
+    loss_se: float
+    items: int
+    acc: float | None = None
+
+
+def score_name_of(task: Prepared, metric_name: str) -> str:
+    return ACC_NORM if task.choices is not None else metric_name if task.answered else "answer loss"
+
+
+def measure_task(
     model: Any, task: Prepared, tokenizer: Any, metric: Metric, settings: FinetuneSettings
-) -> tuple[float | None, float]:
-    """(metric on generated answers, or None for plain text; mean answer-token loss) on the held-out part."""
+) -> Measure:
+    """``task``'s held-out part scored: its answer loss, and its metric or multiple-choice accuracy."""
     pad = pad_id_of(tokenizer)
-    loss = answer_loss(model, task.heldout, pad, settings.eval_batch_size)
+    sums = answer_token_losses(model, task.heldout, pad, settings.eval_batch_size)
+    counts = [n for _, n in sums]
+    loss = sum(total for total, _ in sums) / max(sum(counts), 1)
+    loss_se = bootstrap_se([total / max(n, 1) for total, n in sums], counts) if sum(counts) else 0.0
+    items = len(task.heldout)
+    if task.choices is not None:
+        chosen = score_choices(model, task.choices, pad, settings.eval_batch_size)
+        score, score_se = mean_and_se(chosen.acc_norm)
+        return Measure(score, score_se, loss, loss_se, items, acc=sum(chosen.acc) / items)
     if not task.answered:
-        return None, loss
+        return Measure(None, None, loss, loss_se, items)
     answers = generate_answers(
         model, answer_prompts(task.heldout, settings.max_new_tokens), pad, settings.eval_batch_size
     )
@@ -158,23 +193,28 @@ def evaluate_task(
             answer = answer[:-1]  # an end-of-turn mark may be plain text, which decoding would keep
         text = tokenizer.decode(answer, skip_special_tokens=True)
         scores.append(float(metric(text.strip(), example.answer or "")))
-    return sum(scores) / len(scores), loss
+    score, score_se = mean_and_se(scores)
+    return Measure(score, score_se, loss, loss_se, items)
+
+
+def evaluate_task(
+    model: Any, task: Prepared, tokenizer: Any, metric: Metric, settings: FinetuneSettings
+) -> tuple[float | None, float]:
+    """(score, or None for plain text; mean answer-token loss) on the held-out part: see `measure_task`."""
+    measured = measure_task(model, task, tokenizer, metric, settings)
+    return measured.score, measured.loss
 
 
 def evaluate_all(
     model: Any, tasks: Sequence[Prepared], tokenizer: Any, metric: Metric, settings: FinetuneSettings
-) -> tuple[list[float | None], list[float]]:
-    scores, losses = [], []
-    for task in tasks:
-        score, loss = evaluate_task(model, task, tokenizer, metric, settings)
-        scores.append(score)
-        losses.append(loss)
-    return scores, losses
+) -> list[Measure]:
+    return [measure_task(model, task, tokenizer, metric, settings) for task in tasks]
 
 
-def row_text(tasks: Sequence[Prepared], scores: Sequence[float | None], losses: Sequence[float]) -> str:
-    """One row of scores and losses, as console markup (task names escaped)."""
+def row_text(tasks: Sequence[Prepared], measured: Sequence[Measure]) -> str:
+    """One row of scores (± standard error) and losses, as console markup (task names escaped)."""
     parts = []
-    for task, score, loss in zip(tasks, scores, losses, strict=True):
-        parts.append(f"{safe_text(task.name)} {'' if score is None else f'{score:.2f} / '}loss {loss:.3f}")
+    for task, m in zip(tasks, measured, strict=True):
+        score = "" if m.score is None else f"{m.score:.2f} ±{m.score_se or 0:.2f} / "
+        parts.append(f"{safe_text(task.name)} {score}loss {m.loss:.3f}")
     return ", ".join(parts)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lifelong.llm.answers import Metric, Prompt
 from lifelong.llm.callbacks import quiet_logs
-from lifelong.llm.finetune_data import FinetuneSettings, Prepared, evaluate_all, row_text
+from lifelong.llm.finetune_data import FinetuneSettings, Measure, Prepared, evaluate_all, row_text
 from lifelong.llm.finetune_lora import (
     LORA_ADAPTER,
     keep_adapters,
@@ -31,6 +31,7 @@ from lifelong.llm.plans import Plan, replayed_examples, self_replay_examples
 from lifelong.llm.runs import Checkpoints, LLMRun, Scores
 from lifelong.llm.trainer import ContinualTrainer
 from lifelong.llm.training import device_of, ensure_old_importance, training_args
+from lifelong.llm.watchsets import Watch
 from lifelong.report.text import safe_text
 from lifelong.strategies import Strategy
 
@@ -49,6 +50,21 @@ class Trained:
 
 
 @dataclass
+class Row:
+    """One evaluation pass: every task's held-out part and every watch set, measured."""
+
+    tasks: list[Measure]
+    watch: list[dict[str, Any]]
+
+    def add_to(self, scores: Scores) -> None:
+        scores.matrix.append([m.score for m in self.tasks])
+        scores.losses.append([m.loss for m in self.tasks])
+        scores.errors.append([m.score_se for m in self.tasks])
+        scores.loss_errors.append([m.loss_se for m in self.tasks])
+        scores.watch.append(self.watch)
+
+
+@dataclass
 class FinetuneRun:
     """What every composition of one run shares, and how each one runs."""
 
@@ -61,7 +77,18 @@ class FinetuneRun:
     console: Console
     progress: bool
     lora_options: dict[str, Any] | None  # None: full fine-tuning
-    initial: tuple[list[float | None], list[float]]  # scores and answer losses of the model as given
+    watch: Watch
+    initial: Row  # the model as given
+
+    def measure(self, model: Any) -> Row:
+        tasks = evaluate_all(model, self.tasks, self.tokenizer, self.metric, self.settings)
+        return Row(tasks, self.watch.measure(model, self.tokenizer))
+
+    def row_text(self, row: Row) -> str:
+        text = row_text(self.tasks, row.tasks)
+        if row.watch:
+            text += "; watch: " + row_text(self.watch.sets, [Measure(**m) for m in row.watch])
+        return text
 
     # ---- the shared first task ------------------------------------------------------------------------
 
@@ -80,11 +107,10 @@ class FinetuneRun:
                 self.settings, epochs=self.settings.first_epochs or self.settings.epochs
             )
             seconds = self.train(base, task.train, [], self.run.path / "trainer" / "shared", task, first)
-            scores, losses = evaluate_all(base, self.tasks, self.tokenizer, self.metric, self.settings)
-            self.console.print(
-                f"  trained in {seconds:.0f}s; after it: " + row_text(self.tasks, scores, losses)
-            )
-            done = Scores([scores], [losses], train_seconds=seconds)
+            row = self.measure(base)
+            self.console.print(f"  trained in {seconds:.0f}s; after it: " + self.row_text(row))
+            done = Scores(train_seconds=seconds)
+            row.add_to(done)
             checkpoints.commit(0, done, [], files=lambda folder: write_model(base, self.tokenizer, folder))
         return base, done
 
@@ -137,8 +163,9 @@ class FinetuneRun:
                 )
         else:
             # The model as given counts as having learned the replay= data: those rows are the start.
-            known = [t for t in self.tasks if t.known]
-            scores = Scores([self.initial[0] for _ in known], [self.initial[1] for _ in known])
+            scores = Scores()
+            for _ in (t for t in self.tasks if t.known):
+                self.initial.add_to(scores)
             trained = Trained(supply.fresh())
             if self.lora_options is not None:
                 library, peft = with_lora(trained.model, root, self.tokenizer, self.lora_options)
@@ -169,17 +196,14 @@ class FinetuneRun:
         )
         scores.train_seconds += seconds
         evaluating = time.perf_counter()
-        row_scores, row_losses = evaluate_all(model, self.tasks, self.tokenizer, self.metric, self.settings)
+        row = self.measure(model)
         scores.eval_seconds += time.perf_counter() - evaluating
-        scores.matrix.append(row_scores)
-        scores.losses.append(row_losses)
-        self.console.print(
-            f"  trained in {seconds:.0f}s; after it: " + row_text(self.tasks, row_scores, row_losses)
-        )
+        row.add_to(scores)
+        self.console.print(f"  trained in {seconds:.0f}s; after it: " + self.row_text(row))
         if trained.library is None:
             checkpoints.commit(t, scores, strategies, files=lambda f: write_model(model, self.tokenizer, f))
             return
-        store_adapter(trained.library, model, task.name, len(examples), row_scores[t], row_losses[t])
+        store_adapter(trained.library, model, task.name, len(examples), row.tasks[t].score, row.tasks[t].loss)
         checkpoints.commit(t, scores, strategies, model=training_adapter(model))
 
     def _examples(self, t: int, plan: Plan, model: Any) -> list[Example]:
@@ -217,16 +241,24 @@ class FinetuneRun:
         return made
 
     def _record(self, plan: Plan, trained: Trained, scores: Scores, slug: str, merge: bool) -> dict[str, Any]:
-        initial_scores, initial_loss = self.initial
+        initial = self.initial.tasks
+        answered = all(m.score is not None for m in initial)
         record: dict[str, Any] = {
             "strategy": plan.label,
             "accuracy_matrix": scores.matrix,
             "loss_matrix": scores.losses,
-            "initial_scores": initial_scores if all(s is not None for s in initial_scores) else None,
-            "initial_loss": initial_loss,
+            "initial_scores": [m.score for m in initial] if answered else None,
+            "initial_loss": [m.loss for m in initial],
             "train_seconds": round(scores.train_seconds, 4),
             "eval_seconds": scores.eval_seconds,
+            "accuracy_matrix_se": scores.errors,
+            "loss_matrix_se": scores.loss_errors,
+            "initial_scores_se": [m.score_se for m in initial] if answered else None,
+            "initial_loss_se": [m.loss_se for m in initial],
+            "items": [m.items for m in initial],
         }
+        if self.watch.sets:
+            record["watch"] = self.watch.results(self.initial.watch, scores.watch)
         if trained.library is None:
             folder = save_model(trained.model, self.tokenizer, self.run.path / "models" / slug)
             record["model"] = str(folder)
@@ -241,9 +273,10 @@ class FinetuneRun:
         """The task adapters merged (``cat``: the exact mean of their updates), scored on every task."""
         info = library.merge(tasks, method="cat", name="merged")
         peft = library.peft_model
-        scores, losses = evaluate_all(peft, self.tasks, self.tokenizer, self.metric, self.settings)
+        measured = evaluate_all(peft, self.tasks, self.tokenizer, self.metric, self.settings)
         assert peft is not None
         peft.set_adapter(LORA_ADAPTER)
+        scores, losses = [m.score for m in measured], [m.loss for m in measured]
         return {"adapter": info.task, "path": str(info.path), "scores": scores, "loss": losses}
 
     # ---- one task with the Trainer ----------------------------------------------------------------------

@@ -6,7 +6,11 @@ One JSONL line is one record, in one of three formats:
   after it (so the model learns to stop);
 - ``{"messages": [{"role": ..., "content": ...}, ...]}``: rendered with the tokenizer's chat
   template; the loss is on every assistant turn, its content and the template's end-of-turn marks;
-- ``{"text": ...}``: plain text, loss on every token. It has no answer, so it is scored by loss only.
+- ``{"text": ...}``: plain text, loss on every token. It has no answer, so it is scored by loss only;
+- ``{"prompt": ..., "choices": [...], "answer": index or choice text}``: a multiple-choice question,
+  scored by the likelihood of each choice (`lifelong.llm.choices`) and learned as its prompt with the
+  right choice as the answer: a single user turn through the chat template where the tokenizer has
+  one, else the raw prompt followed by the choice.
 
 Prompt tokens (everything that is not a completion or an assistant turn) are labelled -100 and never
 carry loss. A prompt and its answer are tokenized apart and joined, so the tokens the model learns
@@ -37,7 +41,7 @@ IGNORE = -100  # the label the loss skips (PyTorch's and transformers' ignore_in
 # Batch key of the positions a distillation teacher is matched at, present only when some example is
 # soft or not distilled; every other batch distills where the labels are.
 DISTILL_MASK = "distill_mask"
-FORMATS = "{prompt, completion}, {messages} or {text}"
+FORMATS = "{prompt, completion}, {messages}, {prompt, choices, answer} or {text}"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Record:
     completion: str | None = None
     messages: tuple[Mapping[str, str], ...] | None = None
     text: str | None = None
+    choices: tuple[str, ...] | None = None  # a multiple-choice question: its choices, and the right one
+    correct: int | None = None
 
     @property
     def answered(self) -> bool:
@@ -124,6 +130,8 @@ def parse_record(line: str, where: str, prompts_only: bool = False) -> Record:
         raise LifelongError(f"{where} is a JSON {type(row).__name__}, not an object with {FORMATS}")
     if "messages" in row:
         return Record(where, messages=_messages(row["messages"], where, need_answer=not prompts_only))
+    if "choices" in row and not prompts_only:
+        return _choice_record(row, where)
     if prompts_only:
         if "prompt" not in row:
             raise LifelongError(
@@ -145,6 +153,42 @@ def parse_record(line: str, where: str, prompts_only: bool = False) -> Record:
     raise LifelongError(
         f"{where} has neither prompt/completion, messages nor text (has: {keys}); use {FORMATS}"
     )
+
+
+def _choice_record(row: Mapping[str, Any], where: str) -> Record:
+    choices, answer = row["choices"], row.get("answer")
+    if (
+        not isinstance(choices, list)
+        or len(choices) < 2
+        or not all(isinstance(c, str) and c for c in choices)
+    ):
+        raise LifelongError(f"{where}: 'choices' must be a list of at least two non-empty texts")
+    if isinstance(answer, str) and answer in choices:
+        correct = choices.index(answer)
+    elif isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        correct = answer
+    else:
+        raise LifelongError(
+            f"{where}: 'answer' must be a choice's index (0 to {len(choices) - 1}) or one of the choices' "
+            f"texts, got {json.dumps(answer)[:40]}"
+        )
+    if "prompt" not in row:
+        raise LifelongError(
+            f"{where} has choices but no 'prompt'; a multiple-choice record needs the question"
+        )
+    return Record(where, prompt=_string(row, "prompt", where), choices=tuple(choices), correct=correct)
+
+
+def as_answered(record: Record, tokenizer: PreTrainedTokenizerBase) -> Record:
+    """A multiple-choice record as the record it is learned as: its prompt answered by the right choice,
+    one user turn through the chat template where the tokenizer has one; any other record as it is."""
+    if record.choices is None or record.correct is None:
+        return record
+    choice = record.choices[record.correct]
+    if getattr(tokenizer, "chat_template", None):
+        turns = ({"role": "user", "content": record.prompt or ""}, {"role": "assistant", "content": choice})
+        return Record(record.where, messages=turns)
+    return Record(record.where, prompt=record.prompt, completion=choice)
 
 
 def _string(row: Mapping[str, Any], key: str, where: str) -> str:
@@ -205,6 +249,7 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase, records: Sequence[Re
 def encode(record: Record, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Example:
     """``record`` in tokens, with -100 on prompt tokens, cut to ``max_length`` (the prompt's start first)."""
     eos = tokenizer.eos_token_id
+    record = as_answered(record, tokenizer)
     if record.messages is not None:
         example = _encode_chat(record, tokenizer)
     elif record.text is not None:
@@ -228,6 +273,7 @@ def encode_prompt(
 ) -> tuple[list[int], tuple[int, ...]]:
     """(prompt tokens, stop tokens) to ask ``record``'s question; a final assistant turn is left out."""
     eos = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
+    record = as_answered(record, tokenizer)
     if record.messages is None:
         return _ids(tokenizer, record.prompt or "", special=True)[-max_length:], eos
     messages = [dict(m) for m in record.messages]

@@ -40,7 +40,7 @@ from lifelong.llm.models import (
     vocab_size,
     write_model,
 )
-from lifelong.llm.perplexity import perplexities
+from lifelong.llm.perplexity import perplexity_and_se
 from lifelong.llm.pretrain_task import (
     PERPLEXITY_FILE,
     TaskResult,
@@ -69,6 +69,7 @@ from lifelong.llm.training import (
     ensure_old_importance,
     resolved,
 )
+from lifelong.llm.watchsets import Watch, add_uncertainty, pretrain_watch
 from lifelong.report.text import safe_text, terminal
 from lifelong.runs.folder import default_out
 from lifelong.runs.results import write_results
@@ -110,6 +111,7 @@ class PretrainRequest:
     text_field: str = "text"
     one_doc_per_line: bool = False
     tensorboard: bool = False
+    watch: list[str] | None = None  # None: by model (general for a pretrained chat model)
 
     def saved(self) -> dict[str, Any]:
         return {
@@ -142,6 +144,7 @@ def run_pretrain(
     one_doc_per_line: bool = False,
     tensorboard: bool = False,
     progress: bool = False,
+    watch: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on each corpus in turn, once per strategy composition; write the run folder.
 
@@ -151,7 +154,9 @@ def run_pretrain(
     (replay has no earlier domain, EWC no Fisher, and distilling a random model teaches nothing).
     With your own model, strategies apply from the first domain on (distillation then keeps what
     the model knew before). ``tensorboard`` also logs each task's perplexities to TensorBoard;
-    ``progress`` shows the Trainer's progress bar while a task trains.
+    ``progress`` shows the Trainer's progress bar while a task trains. ``watch``: watch sets
+    (`lifelong.llm.watchsets`: JSONL files or ``general``) scored before the first domain and after each,
+    never trained on (default: ``general`` for a pretrained chat model, else none; ``[]``: none).
     Returns the results document (also ``results.json``); an unfinished run continues with
     `resume_pretrain`.
     """
@@ -164,6 +169,7 @@ def run_pretrain(
         text_field,
         one_doc_per_line,
         tensorboard,
+        None if watch is None else [str(w) for w in watch],
     )
     return _pretrain(request, Path(out), console, overwrite=overwrite, progress=progress)
 
@@ -186,6 +192,7 @@ def run_pretrain_config(
         one_doc_per_line=config.lines,
         tensorboard=config.tensorboard,
         progress=progress,
+        watch=config.eval or None,
     )
 
 
@@ -231,17 +238,19 @@ def _pretrain(
         for s in request.corpora
     ]
     domains = unique_domains([packed(c, tokenizer, settings.block_size, vocab_size(base)) for c in loaded])
+    watch = pretrain_watch(request.watch, base, tokenizer, settings)
     folder = open_folder(COMMAND, out, request.saved(), overwrite=overwrite, resume=resume)
     with folder.running():
         run = LLMRun(
             folder,
-            data_digest(list(domains.values())),
+            data_digest(list(domains.values()), *watch.sets),
             list(domains),
             seed=settings.seed,
             tensorboard=request.tensorboard,
             average="average_perplexity",
+            watch_names=watch.names,
         )
-        job = _Domains(run, domains, tokenizer, settings, console, progress)
+        job = _Domains(run, domains, tokenizer, settings, console, progress, watch)
         device = device_of(settings)
         to_device(base, device)
         eval_seconds = job.evaluate_initial(base)
@@ -256,6 +265,7 @@ def _pretrain(
             "corpora": [c.origin if isinstance(c, Corpus) else c.name for c in loaded],
             "replay_ratio": ratio,
             "strategies": [p.label for p in plans],
+            "watch": watch.sources,
             "shared_first_task": shared is not None,
             "out": str(out),
         }
@@ -275,19 +285,34 @@ class _Domains:
         settings: TrainSettings,
         console: Console,
         progress: bool,
+        watch: Watch,
     ) -> None:
         self.run, self.domains, self.tokenizer, self.settings = run, domains, tokenizer, settings
-        self.console, self.progress, self.names = console, progress, list(domains)
+        self.console, self.progress, self.names, self.watch = console, progress, list(domains), watch
         self.heldout = {n: p.heldout for n, p in domains.items()}
         self.initial: dict[str, float] = {}
+        self.initial_se: list[float] = []
+        self.initial_watch: list[dict[str, Any]] = []
+        self.errors: list[float] = []  # the standard errors of the last perplexities measured
+        self.items: list[int] = []  # and the held-out blocks each was measured on
 
     def perplexities(self, model: Any) -> dict[str, float]:
-        return perplexities(model, self.heldout, self.settings.eval_batch_size, self.settings.eval_blocks)
+        """Every domain's perplexity; their standard errors (bootstrap over blocks) go to ``errors``."""
+        settings = self.settings
+        measured = {
+            name: perplexity_and_se(model, data, settings.eval_batch_size, settings.eval_blocks)
+            for name, data in self.heldout.items()
+        }
+        self.errors = [se for _, se, _ in measured.values()]
+        self.items = [n for _, _, n in measured.values()]
+        return {name: value for name, (value, _, _) in measured.items()}
 
     def evaluate_initial(self, base: Any) -> float:
-        """Perplexity of the model as given, on every domain; returns the seconds it took."""
+        """Perplexity of the model as given, on every domain, and its watch sets; returns the seconds it took."""
         started = time.perf_counter()
         self.initial = self.perplexities(base)
+        self.initial_se = self.errors
+        self.initial_watch = self.watch.measure(base, self.tokenizer)
         return time.perf_counter() - started
 
     def shared_first(self, base: Any) -> tuple[Any, Scores]:
@@ -316,6 +341,8 @@ class _Domains:
             )
             row = self.perplexities(base)
             scores = Scores([[row[n] for n in self.names]], train_seconds=trained.train_seconds)
+            scores.errors.append(self.errors)
+            scores.watch.append(self.watch.measure(base, self.tokenizer))
             self._commit(
                 checkpoints, 0, scores, [], base, {"task": first, "before": self.initial, "after": row}
             )
@@ -343,15 +370,19 @@ class _Domains:
                 model, scores = supply.fresh(), Scores()
             for t in range(len(scores.matrix), len(self.names)):
                 self._task(t, plan, model, strategies, scores, checkpoints)
-            return checkpoints.finish(
-                {
-                    "strategy": plan.label,
-                    "accuracy_matrix": scores.matrix,
-                    "initial_scores": [self.initial[n] for n in self.names],
-                    "train_seconds": round(scores.train_seconds, 4),
-                    "eval_seconds": scores.eval_seconds,
-                }
-            )
+            record = {
+                "strategy": plan.label,
+                "accuracy_matrix": scores.matrix,
+                "initial_scores": [self.initial[n] for n in self.names],
+                "train_seconds": round(scores.train_seconds, 4),
+                "eval_seconds": scores.eval_seconds,
+                "accuracy_matrix_se": scores.errors,
+                "initial_scores_se": self.initial_se,
+                "items": self.items,
+            }
+            if self.watch.sets:
+                record["watch"] = self.watch.results(self.initial_watch, scores.watch)
+            return checkpoints.finish(record)
 
     def _task(
         self,
@@ -389,6 +420,8 @@ class _Domains:
             )
         started = time.perf_counter()
         row = self.perplexities(model)
+        scores.errors.append(self.errors)
+        scores.watch.append(self.watch.measure(model, self.tokenizer))
         scores.eval_seconds += time.perf_counter() - started
         before = dict(zip(names, scores.matrix[-1], strict=True)) if scores.matrix else self.initial
         scores.matrix.append([row[n] for n in names])
@@ -429,5 +462,6 @@ class _Domains:
                 higher_is_better=False,
                 initial_scores=record["initial_scores"],
             )
+            add_uncertainty(record)
             record["eval_seconds"] = round(record["eval_seconds"] + eval_seconds, 4)
         return pretrain_document(self.names, results, self.settings, extra, wall)

@@ -65,6 +65,9 @@ class Scores:
     losses: list[list[float]] = field(default_factory=list)  # finetune: answer loss, the same shape
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    errors: list[list[Any]] = field(default_factory=list)  # the standard error of each score in matrix
+    loss_errors: list[list[float]] = field(default_factory=list)  # and of each loss
+    watch: list[list[dict[str, Any]]] = field(default_factory=list)  # row i: each watch set, measured
 
 
 def saved_settings(run_dir: Path, command: str) -> dict[str, Any]:
@@ -131,7 +134,8 @@ class LLMRun:
     """One run folder of an LLM command: its fingerprint, its compositions' checkpoints, its results.
 
     ``digest`` is the `data_digest` of the run's data; ``scored_by_loss`` logs the loss matrix as the
-    scores (plain-text tasks have no answers to match); ``average`` is the TensorBoard tag of the mean.
+    scores (plain-text tasks have no answers to match); ``average`` is the TensorBoard tag of the mean;
+    ``watch_names`` name the watch sets whose scores are logged beside the tasks'.
     Every composition starts with the RNGs seeded with ``seed``, as it starts from the same model: what
     it draws before its first task (a LoRA adapter's initial weights) does not depend on which
     compositions ran before it in this process (a resumed run skips the finished ones).
@@ -147,8 +151,10 @@ class LLMRun:
         tensorboard: bool = False,
         average: str = "average_score",
         scored_by_loss: bool = False,
+        watch_names: Sequence[str] = (),
     ) -> None:
         self.folder, self.task_names, self.seed = folder, list(task_names), seed
+        self.watch_names = list(watch_names)
         self.tensorboard, self.average, self.scored_by_loss = tensorboard, average, scored_by_loss
         settings = json.dumps(folder.saved["settings"], sort_keys=True)
         self.fingerprint = hashlib.sha256(f"{settings}\n{digest}".encode()).hexdigest()
@@ -232,7 +238,16 @@ class Checkpoints:
                 tensorboard=self.run.tensorboard,
                 average=self.run.average,
             )
-        self.log.task_done(self.run.task_names, scores.losses if self.run.scored_by_loss else scores.matrix)
+        watch = None
+        if self.run.watch_names and scores.watch:  # a plain-text set's score is its loss
+            row = scores.watch[-1]
+            watch = {
+                n: m["loss"] if m["score"] is None else m["score"]
+                for n, m in zip(self.run.watch_names, row, strict=True)
+            }
+        self.log.task_done(
+            self.run.task_names, scores.losses if self.run.scored_by_loss else scores.matrix, watch
+        )
         commit_task(self.folder, task, tensors, state, files)
 
     def finish(self, record: dict[str, Any]) -> dict[str, Any]:

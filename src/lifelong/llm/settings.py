@@ -51,6 +51,14 @@ class _LanguageModelSettings(CommonSettings):
     tensorboard: bool = setting(
         False, "Also log every task's scores to TensorBoard (RUN/tensorboard).", "--tensorboard"
     )
+    eval: list[str] = setting(
+        None,
+        "A watch set (repeatable), scored whole before the first task and after each, never trained on: "
+        "a .jsonl of {prompt, choices, answer} (multiple choice) or --data records, the built-in general, "
+        "or none.  \\[default: general for a pretrained chat model, else none]",
+        "--eval",
+        factory=list,
+    )
 
     def _train_fields(self) -> dict[str, Any]:
         """The `TrainSettings` fields these settings give directly, whatever the model."""
@@ -139,7 +147,7 @@ class FinetuneConfig(_LanguageModelSettings):
     data: list[str] = setting(
         None,
         "One task of the stream, in order (repeatable): a .jsonl file of {prompt, completion}, "
-        "{messages} or {text} records, or the built-in skills (three tasks).  \\[default: skills]",
+        "{messages}, {prompt, choices, answer} or {text} records, or the built-in skills (three tasks).  \\[default: skills]",
         "--data",
         "-d",
         factory=lambda: ["skills"],

@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lifelong.report.noise import WATCH_HEADER, noise_lines, watch_rows
 from lifelong.report.text import safe_text
+from lifelong.report.view import view_of
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,10 +51,13 @@ def print_pretrain_results(console: Console, document: Mapping[str, Any]) -> Non
         table.add_column("after", style="bold")
         for name in names:
             table.add_column(safe_text(name), justify="right")
-        table.add_row("(start)", *(f"{v:.2f}" for v in result["initial_scores"]))
-        for name, row in zip(names, result["accuracy_matrix"], strict=True):
-            table.add_row(safe_text(name), *(f"{v:.2f}" for v in row))
+        start_se = result.get("initial_scores_se") or [None] * len(names)
+        table.add_row("(start)", *map(_with_se, result["initial_scores"], start_se))
+        errors = result.get("accuracy_matrix_se") or [[None] * len(names)] * len(names)
+        for name, row, row_se in zip(names, result["accuracy_matrix"], errors, strict=True):
+            table.add_row(safe_text(name), *map(_with_se, row, row_se))
         console.print(table)
+    print_watch(console, document)
     if len(names) < 2:
         return
     table = Table(title="forgetting: old domains' perplexity rise after the later ones (lower is better)")
@@ -112,11 +117,13 @@ def print_finetune_results(console: Console, document: Mapping[str, Any]) -> Non
         table.add_column("after", style="bold")
         for name in names:
             table.add_column(safe_text(name), justify="right")
-        for name, row in zip(names, result["accuracy_matrix"], strict=True):
-            table.add_row(safe_text(name), *(f"{v:.3f}" for v in row))
+        errors = result.get("accuracy_matrix_se") or [[None] * len(names)] * len(names)
+        for name, row, row_se in zip(names, result["accuracy_matrix"], errors, strict=True):
+            table.add_row(safe_text(name), *map(_with_se, row, row_se))
         if "merged" in result:
             table.add_row("merged", *("—" if v is None else f"{v:.3f}" for v in result["merged"]["scores"]))
         console.print(table)
+    print_watch(console, document)
     if len(names) < 2:
         return
     table = Table(
@@ -137,3 +144,27 @@ def print_finetune_results(console: Console, document: Mapping[str, Any]) -> Non
             f"{row['train_seconds']:.1f}",
         )
     console.print(table)
+
+
+def _with_se(value: float | None, se: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" + ("" if se is None else f" ±{se:.3f}")
+
+
+def print_watch(console: Console, document: Mapping[str, Any]) -> None:
+    """Each watch set before the first task and after the last, per composition, and which differences
+    from naive are within noise."""
+    from rich.table import Table
+
+    view = view_of(dict(document), "results.json", "run")
+    rows = watch_rows(view)
+    if rows:
+        table = Table(title="watch sets: scored before the first task and after the last, never trained on")
+        for k, column in enumerate(WATCH_HEADER):
+            table.add_column(column, justify="left" if k < 3 else "right", no_wrap=k == 0)
+        for row in rows:
+            table.add_row(*map(safe_text, row))
+        console.print(table)
+    for line in noise_lines(view):
+        console.print(safe_text(line), highlight=False)

@@ -45,7 +45,7 @@ def _combine(views: list[tuple[Path, View]]) -> View:
     for name, (_, view) in zip(names, views, strict=True):
         for entry in view.entries:
             label = f"{entry.label} ({name})" if seen[entry.label] > 1 else entry.label
-            entries.append(Entry(label, entry.matrix, entry.metrics, entry.train_seconds))
+            entries.append(Entry(label, entry.matrix, entry.metrics, entry.train_seconds, entry.watch))
         source = view.sources[0]
         sources.append(Source(name, source.config, source.versions, source.wall_seconds))
     first = views[0][1]

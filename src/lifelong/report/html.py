@@ -7,6 +7,7 @@ import base64
 import html
 import struct
 
+from lifelong.report.noise import NOISE_NOTE, WATCH_HEADER, noise_lines, watch_rows
 from lifelong.report.plots import DPI, Plot
 from lifelong.report.view import View, columns, comparison_note, comparison_rows, keyed_rows, summary_line
 
@@ -69,6 +70,16 @@ def html_report(view: View, forgetting: Plot, pairs: list[tuple[Plot, Plot]]) ->
         out += [f"<td{' class=best' if best else ''}>{esc(text)}</td>" for text, best in cells]
         out.append("</tr>")
     out += ["</tbody></table>", f'<p class="note">{esc(comparison_note(view))}</p>']
+    watched = watch_rows(view)
+    if watched:
+        out += ["<h2>Watch sets</h2>", "<table><thead><tr>", *(f"<th>{esc(h)}</th>" for h in WATCH_HEADER)]
+        out.append("</tr></thead><tbody>")
+        out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in watched]
+        out.append("</tbody></table>")
+    noise = noise_lines(view)
+    if noise:
+        out += ["<h2>Differences and noise</h2>", "<ul>", *(f"<li>{esc(line)}</li>" for line in noise)]
+        out += ["</ul>", f'<p class="note">{esc(NOISE_NOTE)}</p>']
     out += ["<h2>Forgetting per task</h2>", figure(forgetting)]
     out += [
         "<h2>Per strategy</h2>",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import re
 
+from lifelong.report.noise import NOISE_NOTE, WATCH_HEADER, noise_lines, watch_rows
 from lifelong.report.plots import PLOTS_DIR, Plot
 from lifelong.report.text import visible
 from lifelong.report.view import View, columns, comparison_note, comparison_rows, keyed_rows, summary_line
@@ -40,6 +41,26 @@ def markdown_report(view: View, forgetting: Plot, pairs: list[tuple[Plot, Plot]]
     ]
     lines += _md_table(header, rows)
     lines += ["", _md(comparison_note(view)), ""]
+    watched = watch_rows(view)
+    if watched:
+        lines += [
+            "## Watch sets",
+            "",
+            "Scored whole before the first task and after the last; never trained on.",
+            "",
+        ]
+        lines += _md_table(WATCH_HEADER, [[_md(c) for c in row] for row in watched], right_from=3)
+        lines.append("")
+    noise = noise_lines(view)
+    if noise:
+        lines += [
+            "## Differences and noise",
+            "",
+            *(f"- {_md(line)}" for line in noise),
+            "",
+            _md(NOISE_NOTE),
+            "",
+        ]
     lines += ["## Forgetting per task", "", image(forgetting), "", _md(forgetting.caption), ""]
     lines += ["## Per strategy", "", f"{_md(pairs[0][0].caption)} {_md(pairs[0][1].caption)}", ""]
     for entry, (heatmap, stream) in zip(view.entries, pairs, strict=True):

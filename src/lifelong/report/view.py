@@ -22,6 +22,7 @@ class Entry:
     matrix: np.ndarray  # T x T floats, NaN where the document had no score
     metrics: dict[str, Any]
     train_seconds: float | None
+    watch: list[dict[str, Any]] = field(default_factory=list)  # results[].watch: the watch sets
 
 
 @dataclass
@@ -90,14 +91,24 @@ def _entry(result: dict[str, Any], tasks: list[str], higher_is_better: bool, whe
             raise LifelongError(f"{where} has no 'metrics' and gaps in its accuracy matrix; {READ_FIX}")
         scores = summarize(matrix, tasks, higher_is_better=higher_is_better)
     train = result.get("train_seconds")
-    return Entry(result["strategy"], matrix, scores, None if train is None else float(train))
+    watch = list(result.get("watch") or [])
+    return Entry(result["strategy"], matrix, scores, None if train is None else float(train), watch)
 
 
 # ---- tables shared by the Markdown and the HTML -----------------------------------------------------
 
 
+WATCH_KEY = "watch:"  # a column of a watch set's retention: "watch:<name>"
+
+
+def watch_names(view: View) -> list[str]:
+    """The watch sets of the report's strategies, in their order."""
+    return list(dict.fromkeys(w["name"] for entry in view.entries for w in entry.watch))
+
+
 def columns(view: View) -> list[tuple[str, str]]:
-    """(metric key, column label); 'acc' becomes 'score' where the score is not an accuracy."""
+    """(metric key, column label); 'acc' becomes 'score' where the score is not an accuracy; one
+    retention column per watch set."""
     word = "acc" if view.score_name == "accuracy" else "score"
     return [
         ("average_accuracy", f"avg {word}"),
@@ -105,6 +116,7 @@ def columns(view: View) -> list[tuple[str, str]]:
         ("forgetting", "forgetting"),
         ("bwt", "BWT"),
         ("fwt", "FWT"),
+        *((WATCH_KEY + name, f"{name} kept") for name in watch_names(view)),
         ("train_seconds", "train s"),
     ]
 
@@ -124,7 +136,10 @@ def _best(view: View, key: str) -> float | None:
 
 
 def _metric(entry: Entry, key: str) -> float | None:
-    value = entry.train_seconds if key == "train_seconds" else entry.metrics.get(key)
+    if key.startswith(WATCH_KEY):
+        value = (entry.metrics.get("watch_retention") or {}).get(key[len(WATCH_KEY) :])
+    else:
+        value = entry.train_seconds if key == "train_seconds" else entry.metrics.get(key)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
@@ -132,7 +147,10 @@ def _cell(entry: Entry, key: str) -> str:
     value = _metric(entry, key)
     if value is None or not np.isfinite(value):
         return "—"
-    return f"{value:.2f}" if key == "train_seconds" else f"{value:.3f}"
+    if key == "train_seconds":
+        return f"{value:.2f}"
+    se = entry.metrics.get("average_accuracy_se") if key == "average_accuracy" else None
+    return f"{value:.3f}" + (f" ± {se:.3f}" if isinstance(se, int | float) else "")
 
 
 def comparison_rows(view: View) -> list[tuple[str, list[tuple[str, bool]]]]:
@@ -187,4 +205,8 @@ def comparison_note(view: View) -> str:
         "after every task; forgetting = best earlier minus final (mean over old tasks, lower is better); "
         "BWT / FWT = backward / forward transfer (higher is better)."
     )
+    if any("average_accuracy_se" in entry.metrics for entry in view.entries):
+        note += " ± is the standard error."
+    if watch_names(view):
+        note += " <set> kept = a watch set's final score / its score before training (1 = all kept)."
     return note + (" Best value per column in bold." if len(view.entries) > 1 else "")

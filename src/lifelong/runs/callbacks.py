@@ -3,7 +3,7 @@ same scores in TensorBoard, and the task's checkpoint (only the newest complete 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,23 @@ class TaskLog:
         self.folder, self.strategy, self.average = folder, strategy, average
         self.writer = folder.tensorboard(name) if tensorboard else None
 
-    def task_done(self, task_names: Sequence[str], matrix: Sequence[Sequence[float | None]]) -> None:
-        """Record the newest row of ``matrix`` (the scores on every task after the last one trained)."""
+    def task_done(
+        self,
+        task_names: Sequence[str],
+        matrix: Sequence[Sequence[float | None]],
+        watch: Mapping[str, float | None] | None = None,
+    ) -> None:
+        """Record the newest row of ``matrix`` (the scores on every task after the last one trained),
+        and the watch sets' scores, by name, if any."""
         done, row = len(matrix), list(matrix[-1])
-        self.folder.log_metrics({"strategy": self.strategy, "after_task": done - 1, "scores": row})
+        line: dict[str, Any] = {"strategy": self.strategy, "after_task": done - 1, "scores": row}
+        self.folder.log_metrics({**line, "watch": dict(watch)} if watch else line)
         if self.writer is None:
             return
-        for name, score in zip(task_names, row, strict=True):
+        named = [("score/" + n, v) for n, v in zip(task_names, row, strict=True)]
+        for tag, score in named + [("watch/" + n, v) for n, v in (watch or {}).items()]:
             if score is not None:
-                self.writer.add_scalar(f"score/{name}", score, global_step=done - 1)
+                self.writer.add_scalar(tag, score, global_step=done - 1)
         seen = [s for s in row[:done] if s is not None]
         if seen:
             self.writer.add_scalar(self.average, sum(seen) / len(seen), global_step=done - 1)

@@ -113,6 +113,9 @@ RESULTS = _simple(
     lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v),
     listed=True,
 )
+OBJECTS = _simple(
+    "a list of objects", lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), listed=True
+)
 ROW = Kind("a list of T numbers or null", _row_problem)
 OPTIONAL_ROW = Kind(
     "null or a list of T numbers or null", lambda v, t: None if v is None else _row_problem(v, t)
@@ -126,6 +129,25 @@ METRIC_FIELDS = (
     Field("bwt", SCORE, "backward transfer: how later tasks changed the old ones (negative: forgot)"),
     Field("fwt", SCORE, "forward transfer: how earlier tasks helped later ones; null without initial scores"),
     Field("forgetting_rate", SCORES, "per task name: the share of its just-learned score lost by the end"),
+    Field("average_accuracy_se", SCORE, "the standard error of average_accuracy"),
+    Field("watch_retention", SCORES, "per watch set name: its final score / its score before training"),
+)
+SE = "its standard error (binomial for accuracies, bootstrap otherwise)"
+WATCH_FIELDS = (
+    Field("name", STRING, "the watch set's name", required=True),
+    Field("score_name", STRING, "what its score is: acc_norm, the metric, or answer loss"),
+    Field("higher_is_better", BOOLEAN, "whether a higher score is better"),
+    Field("items", COUNT, "the number of items it is scored on", required=True),
+    Field("initial", SCORE, "its score before the first task", required=True),
+    Field("initial_se", SCORE, SE),
+    Field("scores", ROW, "its score after each task", required=True),
+    Field("se", ROW, "the standard error of each of them"),
+    Field("initial_loss", SCORE, "its answer loss before the first task"),
+    Field("loss", ROW, "its answer loss after each task"),
+    Field("loss_se", ROW, "the standard error of each of them (bootstrap)"),
+    Field("retention", SCORE, "final score / initial score (initial / final when lower is better)"),
+    Field("initial_acc", SCORE, "multiple choice: its unnormalised accuracy before the first task"),
+    Field("acc", ROW, "multiple choice: its unnormalised accuracy after each task"),
 )
 RESULT_FIELDS = (
     Field("strategy", STRING, "the strategy name (its composition)", required=True),
@@ -141,6 +163,17 @@ RESULT_FIELDS = (
     ),
     Field("initial_loss", ROW, "lifelong finetune: each task's answer loss before any training"),
     Field("loss_metrics", OBJECT, "lifelong finetune: the metrics of the loss matrix", fields=METRIC_FIELDS),
+    Field("accuracy_matrix_se", MATRIX, "the standard error of each score of the accuracy matrix"),
+    Field("initial_scores_se", OPTIONAL_ROW, "the standard error of each initial score"),
+    Field("items", ROW, "the number of items each task is scored on"),
+    Field("loss_matrix_se", MATRIX, "lifelong finetune: the standard error of each answer loss (bootstrap)"),
+    Field("initial_loss_se", ROW, "lifelong finetune: the standard error of each initial answer loss"),
+    Field(
+        "watch",
+        OBJECTS,
+        "watch sets: scored whole before the first task and after each, never trained on",
+        fields=WATCH_FIELDS,
+    ),
     Field("model", STRING, "lifelong finetune without LoRA: the folder of the final model"),
     Field(
         "adapters",
