@@ -245,9 +245,8 @@ def test_replay_measures_every_weight_of_a_causal_lm_norms_embeddings_and_tied_o
     assert rest == [] and sums.keys() == params.keys()
     for name, p in params.items():
         want = sum(
-            w * torch.autograd.grad(nll(ids[i : i + 1]).sum(), [p])[0].square()
-            for i, w in enumerate(weight)
+            w * torch.autograd.grad(nll(ids[i : i + 1]).sum(), [p])[0].square() for i, w in enumerate(weight)
         )
         torch.testing.assert_close(sums[name], want, rtol=1e-10, atol=1e-300, msg=name)
-    without, rest = SquaredGradients(model, list(params))(lambda: nll(ids))
+    _, rest = SquaredGradients(model, list(params))(lambda: nll(ids))
     assert "model.norm.weight" in rest and "model.embed_tokens.weight" in rest  # replay is asked for
