@@ -35,7 +35,9 @@ adapters_app = typer.Typer(
 console = terminal()
 
 Root = Annotated[Path, typer.Option("--root", help="Folder that holds the adapters.")]
-Base = Annotated[Path, typer.Option("--base", help="Base model: a saved Hugging Face model folder.")]
+Base = Annotated[
+    Path, typer.Option("--base", help="Base model: a saved Hugging Face model folder, or smollm2-135m.")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 Kind = Annotated[
     str | None,

@@ -66,7 +66,8 @@ class PretrainConfig(_LanguageModelSettings):
     """Everything `lifelong pretrain` needs: continual pre-training over a stream of text domains."""
 
     model: str = setting(
-        "tiny-llama", "tiny-llama (built locally; options as 'tiny-llama:layers=4') or a local model folder."
+        "tiny-llama",
+        "tiny-llama (built locally; options as 'tiny-llama:layers=4'), smollm2-135m or a local model folder.",
     )
     corpus: list[str] = setting(
         None,
@@ -145,7 +146,7 @@ class FinetuneConfig(_LanguageModelSettings):
         factory=lambda: ["skills"],
     )
     model: str = setting(
-        "tiny-llama", "tiny-llama (built locally) or a local model folder (model + tokenizer)."
+        "tiny-llama", "tiny-llama (built locally), smollm2-135m (a real chat model) or a local model folder."
     )
     replay: list[str] = setting(
         None,
