@@ -9,6 +9,7 @@ cache (about a minute on 2 cores), later runs load it in a second or two.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,42 @@ def test_real_model_is_an_adapter_base(
     monkeypatch.setenv("LIFELONG_CACHE", str(USER_CACHE))
     library = AdapterLibrary("smollm2-135m", tmp_path / "adapters")
     assert (library.kind, library.architecture) == ("causal-lm", "LlamaForCausalLM")
+
+
+def test_real_model_finetunes_from_the_command_line(
+    real_folder: Path,
+    cli: Callable[..., tuple[int, str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`lifelong finetune --model smollm2-135m`, end to end: one step of LoRA, then scored through its chat template."""
+    monkeypatch.setenv("LIFELONG_CACHE", str(USER_CACHE))
+    capitals = [("France", "Paris"), ("Italy", "Rome"), ("Japan", "Tokyo"), ("Spain", "Madrid")]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Capital of {country}?"},
+                {"role": "assistant", "content": city},
+            ]
+        }
+        for country, city in capitals * 3
+    ]
+    data = tmp_path / "capitals.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    out = tmp_path / "run"
+    args = [
+        "--model",
+        "smollm2-135m",
+        "--data",
+        str(data),
+        "--lora",
+        "--batch-size",
+        "12",
+        "--max-new-tokens",
+        "4",
+    ]
+    code, _, err = cli("finetune", *args, "--eval-examples", "1", "--out", str(out), "--no-progress")
+    assert code == 0, err
+    result = json.loads((out / "results.json").read_text())["results"][0]
+    assert result["accuracy_matrix"] == [[1.0]]  # held out: "Capital of Italy?" -> "Rome" (exact match)
+    assert result["adapters"]["tasks"] == ["capitals"]
