@@ -1,7 +1,7 @@
 """MNIST-1D (Greydanus & Steinbach): ten 1-D digit templates, shifted, scaled, sheared and noised.
 
-The data are generated locally with the ``mnist1d`` package (nothing is downloaded) and cached as an
-``.npz`` under ``$LIFELONG_CACHE`` or ``~/.cache/lifelong/``, keyed by the number of samples and the
+The data are generated locally with the ``mnist1d`` package (nothing is downloaded) and kept as an
+``.npz`` in the cache (`lifelong.models.hf.cache_dir`), keyed by the number of samples and the
 generator seed. Each sample is a float32 signal of length 40.
 """
 

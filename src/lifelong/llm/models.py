@@ -4,7 +4,7 @@ see `lifelong.models.smollm2`) or a local Hugging Face model folder.
 ``tiny-llama`` is a small Llama (from a ``LlamaConfig``, random weights) with a byte-level BPE
 tokenizer trained locally with ``tokenizers`` on the train parts of the built-in corpora. Both are
 saved together as an ordinary Hugging Face folder (``config.json``, ``model.safetensors``,
-``tokenizer.json``, ...) in a cache (``$LIFELONG_CACHE``, else ``~/.cache/lifelong``), so it loads
+``tokenizer.json``, ...) in the cache (`lifelong.models.hf.cache_dir`), so it loads
 exactly the way a user's own model folder does and is built once per option set and Python version.
 Nothing is ever downloaded: every load is ``local_files_only`` with the Hub switched off.
 """
