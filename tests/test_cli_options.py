@@ -117,3 +117,29 @@ def test_pretrain_runs_from_a_config_file(cli: Any, tmp_path: Path) -> None:
     assert saved["compositions"] == ["naive"]
     assert saved["settings"]["epochs"] == 0.5 and saved["settings"]["block_size"] == 16
     assert saved["settings"]["seed"] == 2  # the flag beats the file
+
+
+@pytest.mark.parametrize(
+    ("model", "omp", "load", "threads"),
+    [
+        ("tiny-llama", None, 0.0, 1),  # a model this small waits on its own threads even on idle cores
+        ("smollm2-135m", None, 0.2, 4),
+        ("smollm2-135m", None, 1.3, 3),
+        ("smollm2-135m", None, 6.0, 1),  # a busy machine: one thread, never none
+        ("smollm2-135m", "2", 0.0, None),  # OMP_NUM_THREADS is the user's choice: torch follows it
+    ],
+)
+def test_default_threads_are_the_idle_cores(
+    monkeypatch: pytest.MonkeyPatch, model: str, omp: str | None, load: float, threads: int | None
+) -> None:
+    import os
+
+    from lifelong.llm.settings import default_threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert default_threads(model) == threads

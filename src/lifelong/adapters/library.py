@@ -24,6 +24,7 @@ from lifelong.adapters.routing import RouteResult
 from lifelong.adapters.store import AdapterInfo
 from lifelong.adapters.training import Encoded
 from lifelong.errors import LifelongError
+from lifelong.models.smollm2 import is_smollm2, smollm2_folder
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 class AdapterLibrary:
     """Per-task LoRA adapters for one base model, kept in the folder ``root``.
 
-    ``base_model`` is a local model folder (loaded on first use, offline) or a built
+    ``base_model`` is a local model folder (loaded on first use, offline), ``"smollm2-135m"`` or a built
     ``PreTrainedModel``; either a causal LM (``...ForCausalLM``) or a sequence classifier
     (``...ForSequenceClassification``). A model of another class (a bare encoder such as MiniLM's
     ``BertModel``) is loaded as a classifier with ``kind="classification", num_labels=N``.
@@ -68,7 +69,7 @@ class AdapterLibrary:
         self._peft: PeftModel | None = None
         self._loaded: set[str] = set()
         if isinstance(base_model, str | Path):
-            self._base_path = Path(base_model)
+            self._base_path = smollm2_folder() if is_smollm2(base_model) else Path(base_model)
             self.config = read_base_config(self._base_path, self.num_labels)
             architecture = (self.config.architectures or ["?"])[0]
             self.base_name = str(base_model)

@@ -1,9 +1,9 @@
 """`lifelong adapters ...`: per-task LoRA adapters from the command line, a thin shell over `AdapterLibrary`.
 
 Every command takes ``--root`` (the folder of adapters, default ``adapters``); those that run the model
-also take ``--base`` (a saved Hugging Face model folder, loaded offline). Tables are Rich; ``--json``
-prints plain JSON for scripts. Errors are `LifelongError`s: the `lifelong` entry point prints them on
-one line and exits with status 2.
+also take ``--base`` (a saved Hugging Face model folder or smollm2-135m, loaded offline). Tables are
+Rich; ``--json`` prints plain JSON for scripts. Errors are `LifelongError`s: the `lifelong` entry
+point prints them on one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ adapters_app = typer.Typer(
 console = terminal()
 
 Root = Annotated[Path, typer.Option("--root", help="Folder that holds the adapters.")]
-Base = Annotated[Path, typer.Option("--base", help="Base model: a saved Hugging Face model folder.")]
+Base = Annotated[
+    Path, typer.Option("--base", help="Base model: a saved Hugging Face model folder, or smollm2-135m.")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 Kind = Annotated[
     str | None,

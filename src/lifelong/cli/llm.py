@@ -70,7 +70,7 @@ def _saved_model(run_dir: Path, command: str) -> str:
 
 
 def perplexity(
-    model: Annotated[str, typer.Option(help="A local model folder (or tiny-llama).")],
+    model: Annotated[str, typer.Option(help="A local model folder, tiny-llama or smollm2-135m.")],
     data: Annotated[
         list[str] | None,
         typer.Option(

@@ -26,7 +26,7 @@ Threads = Annotated[
     int | None,
     typer.Option(
         help="CPU threads per process; 1 is fastest for small models on a busy machine.  "
-        "\\[default: torch's; 1 for tiny-llama]"
+        "\\[default: pretrain, finetune: the cores other processes leave idle (1 for tiny-llama); run: torch's]"
     ),
 ]
 Resume = Annotated[

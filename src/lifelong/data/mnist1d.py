@@ -1,7 +1,7 @@
 """MNIST-1D (Greydanus & Steinbach): ten 1-D digit templates, shifted, scaled, sheared and noised.
 
-The data are generated locally with the ``mnist1d`` package (nothing is downloaded) and cached as an
-``.npz`` under ``$LIFELONG_CACHE`` or ``~/.cache/lifelong/``, keyed by the number of samples and the
+The data are generated locally with the ``mnist1d`` package (nothing is downloaded) and kept as an
+``.npz`` in the cache (`lifelong.models.hf.cache_dir`), keyed by the number of samples and the
 generator seed. Each sample is a float32 signal of length 40.
 """
 
@@ -18,14 +18,10 @@ import numpy as np
 
 from lifelong.core.stream import Scenario, Stream, permuted, split_by_classes
 from lifelong.errors import LifelongError
+from lifelong.models.hf import cache_dir
 
 GENERATOR_SEED = 42  # mnist1d's own default: the canonical MNIST-1D templates and noise
 _CACHE_VERSION = 1  # bump when the cached layout or the preprocessing changes
-
-
-def cache_dir() -> Path:
-    """Where generated data are cached: ``$LIFELONG_CACHE`` or ``~/.cache/lifelong``."""
-    return Path(os.environ.get("LIFELONG_CACHE") or Path.home() / ".cache" / "lifelong")
 
 
 def cache_path(samples: int, generator_seed: int = GENERATOR_SEED) -> Path:

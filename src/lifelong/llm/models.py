@@ -1,9 +1,10 @@
-"""Causal language models by name: ``tiny-llama`` (built here) or a local Hugging Face model folder.
+"""Causal language models by name: ``tiny-llama`` (built here), ``smollm2-135m`` (a real chat model,
+see `lifelong.models.smollm2`) or a local Hugging Face model folder.
 
 ``tiny-llama`` is a small Llama (from a ``LlamaConfig``, random weights) with a byte-level BPE
 tokenizer trained locally with ``tokenizers`` on the train parts of the built-in corpora. Both are
 saved together as an ordinary Hugging Face folder (``config.json``, ``model.safetensors``,
-``tokenizer.json``, ...) in a cache (``$LIFELONG_CACHE``, else ``~/.cache/lifelong``), so it loads
+``tokenizer.json``, ...) in the cache (`lifelong.models.hf.cache_dir`), so it loads
 exactly the way a user's own model folder does and is built once per option set and Python version.
 Nothing is ever downloaded: every load is ``local_files_only`` with the Hub switched off.
 """
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any, cast
 from lifelong.core.spec import bind, parse_spec
 from lifelong.errors import LifelongError
 from lifelong.llm.corpora import BUILTIN_CORPORA, builtin_corpus, split_documents
-from lifelong.models.hf import offline, weights_format
+from lifelong.models.hf import cache_dir, offline, weights_format
+from lifelong.models.smollm2 import SMOLLM2, is_smollm2, smollm2_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,10 +34,6 @@ END_OF_TEXT = "<|endoftext|>"
 # Any one of these makes a folder loadable by AutoTokenizer (fast JSON, sentencepiece, BPE or WordPiece vocab).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 _FORMAT = 1  # bump when the tiny-llama recipe changes, so old cached folders are not reused
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LIFELONG_CACHE") or Path.home() / ".cache" / "lifelong")
 
 
 # ---- tiny-llama ---------------------------------------------------------------------------------------
@@ -155,8 +153,11 @@ def _tiny_options(
 
 
 def resolve_model_folder(model: str | Path) -> Path:
-    """``tiny-llama[:options]`` -> its cached folder; anything else must be a local model folder."""
+    """``tiny-llama[:options]`` or ``smollm2-135m`` -> its cached folder; anything else must be a local
+    model folder."""
     text = str(model)
+    if is_smollm2(text):
+        return smollm2_folder()
     if text.split(":", 1)[0] == TINY_LLAMA and not Path(text).exists():
         options = bind(_tiny_options, parse_spec(text), what="model")
         return tiny_llama_folder(**options)
@@ -174,7 +175,7 @@ def check_model_folder(folder: Path) -> None:
     """Name what is missing from a model folder before transformers fails on it less clearly."""
     if not folder.exists():
         raise LifelongError(
-            f"model folder {folder} does not exist; pass {TINY_LLAMA} or a folder written by save_pretrained "
+            f"model folder {folder} does not exist; pass {TINY_LLAMA}, {SMOLLM2} or a folder written by save_pretrained "
             "(nothing is downloaded)"
         )
     if not folder.is_dir():
@@ -195,7 +196,7 @@ def check_model_folder(folder: Path) -> None:
 def load_model(
     model: str | Path, dtype: Any = None, *, allow_pickle: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) for ``tiny-llama[:hidden=..,layers=..]`` or a local Hugging Face folder.
+    """(model, tokenizer) for ``tiny-llama[:hidden=..,layers=..]``, ``smollm2-135m`` or a local Hugging Face folder.
 
     A folder holding a PEFT adapter (``adapter_config.json``) loads its base model from the local
     folder the adapter names, with the adapter trainable. ``dtype`` is passed to ``from_pretrained``

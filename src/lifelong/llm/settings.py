@@ -12,6 +12,7 @@ options, so it loads no transformers.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +33,23 @@ FINETUNE_REPLAY_RATIO = 0.1
 
 
 def default_threads(model: str) -> int | None:
-    """CPU threads for a run of ``model`` when --threads is not given (None: torch's own choice)."""
-    # On a busy CPU, threads of a model as small as tiny-llama mostly wait for each other (40x slower).
-    return 1 if is_tiny_llama(model) else None
+    """CPU threads for a run of ``model`` when --threads is not given: 1 for tiny-llama, else the cores
+    that other processes leave idle (None: torch's own choice, which follows ``OMP_NUM_THREADS``)."""
+    # On a busy CPU, threads of a model as small as tiny-llama mostly wait for each other (40x slower);
+    # so do a 135M model's on a 2-core machine that another job keeps busy (5x slower with 2 than 1).
+    if is_tiny_llama(model):
+        return 1
+    return None if os.environ.get("OMP_NUM_THREADS") else idle_cores()
+
+
+def idle_cores() -> int | None:
+    """This process's cores less the system's load over the last minute, at least 1 (None: unknown)."""
+    try:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    return None if not cores else max(1, min(cores, int(cores - load + 0.5)))
 
 
 _LR_HELP = "Learning rate (the schedule's peak)."
@@ -74,7 +89,8 @@ class PretrainConfig(_LanguageModelSettings):
     """Everything `lifelong pretrain` needs: continual pre-training over a stream of text domains."""
 
     model: str = setting(
-        "tiny-llama", "tiny-llama (built locally; options as 'tiny-llama:layers=4') or a local model folder."
+        "tiny-llama",
+        "tiny-llama (built locally; options as 'tiny-llama:layers=4'), smollm2-135m or a local model folder.",
     )
     corpus: list[str] = setting(
         None,
@@ -153,7 +169,7 @@ class FinetuneConfig(_LanguageModelSettings):
         factory=lambda: ["skills"],
     )
     model: str = setting(
-        "tiny-llama", "tiny-llama (built locally) or a local model folder (model + tokenizer)."
+        "tiny-llama", "tiny-llama (built locally), smollm2-135m (a real chat model) or a local model folder."
     )
     replay: list[str] = setting(
         None,

@@ -36,6 +36,14 @@ def offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = saved
 
 
+def cache_dir() -> Path:
+    """Where built models and generated data are kept: ``$LIFELONG_CACHE``, else ``lifelong`` in
+    ``$XDG_CACHE_HOME`` (default ``~/.cache``)."""
+    if os.environ.get("LIFELONG_CACHE"):
+        return Path(os.environ["LIFELONG_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lifelong"
+
+
 def weights_format(folder: Path, allow_pickle: bool = False) -> dict[str, Any]:
     """The ``from_pretrained`` keywords that load ``folder``'s weights from safetensors only.
 
