@@ -220,6 +220,10 @@ def test_real_model_finetunes_from_the_command_line(
         "--max-new-tokens",
         "4",
     ]
+    args += [
+        "--eval",
+        "none",
+    ]  # the built-in watch set, on by default for a chat model, takes minutes on a CPU
     code, _, err = cli("finetune", *args, "--eval-examples", "1", "--out", str(out), "--no-progress")
     assert code == 0, err
     result = json.loads((out / "results.json").read_text())["results"][0]
