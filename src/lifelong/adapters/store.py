@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -166,9 +167,63 @@ def read_meta(folder: Path) -> dict[str, Any]:
         raise LifelongError(
             f"{folder} has no {META_FILE}, so it was not saved by AdapterLibrary; retrain the adapter or delete the folder"
         ) from None
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         raise LifelongError(f"{path} is damaged; retrain the adapter or delete the folder") from None
+    wrong = _wrongly_typed(meta)
+    if wrong is not None:
+        raise LifelongError(
+            f"{path}: '{wrong}' has the wrong kind of value; retrain the adapter or delete the folder"
+        )
     return meta
+
+
+_TEXT, _NUMBER, _COUNT = "text", "number", "count"
+# What each field of lifelong.json holds, where present (None is allowed for all but the containers).
+_META_FIELDS: dict[str, Any] = {
+    "kind": _TEXT,
+    "model_kind": _TEXT,
+    "created": _TEXT,
+    "method": _TEXT,
+    "data_size": _COUNT,
+    "parameters": _COUNT,
+    "parents": [_TEXT],
+    "weights": [_NUMBER],
+    "eval": {"metric": _TEXT, "value": _NUMBER},
+    "lora": {"r": _COUNT, "alpha": _NUMBER, "dropout": _NUMBER, "target_modules": [_TEXT]},
+    "base": {"name": _TEXT, "config_hash": _TEXT},
+}
+
+
+def _wrongly_typed(
+    meta: dict[str, Any], schema: dict[str, Any] = _META_FIELDS, prefix: str = ""
+) -> str | None:
+    """The first field of ``meta`` whose value is not of the kind ``schema`` gives (dotted), or None."""
+    for key, kind in schema.items():
+        value = meta.get(key)
+        if value is None and not isinstance(kind, dict | list):
+            continue
+        if isinstance(kind, dict):
+            if value is not None and not isinstance(value, dict):
+                return prefix + key
+            inner = _wrongly_typed(value or {}, kind, f"{prefix}{key}.")
+            if inner is not None:
+                return inner
+        elif isinstance(kind, list):
+            if value is not None and not (isinstance(value, list) and all(_is(v, kind[0]) for v in value)):
+                return prefix + key
+        elif not _is(value, kind):
+            return prefix + key
+    return None
+
+
+def _is(value: Any, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == _COUNT:
+        return isinstance(value, int)
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def adapter_rank(folder: Path) -> int:
@@ -259,26 +314,26 @@ def inspect_adapter(folder: Path, base_hash: str | None = None, base_name: str =
         meta = read_meta(folder)
     except LifelongError as err:
         return AdapterInfo(task, folder, problem=str(err))
-    lora = meta.get("lora", {})
+    lora = meta.get("lora") or {}
     weights = folder / WEIGHTS_FILE
     return AdapterInfo(
         task=task,
         path=folder,
-        kind=meta.get("kind", "trained"),
-        model_kind=meta.get("model_kind", ""),
+        kind=meta.get("kind") or "trained",
+        model_kind=meta.get("model_kind") or "",
         r=lora.get("r"),
         alpha=lora.get("alpha"),
-        target_modules=list(lora.get("target_modules", [])),
-        base_name=meta["base"].get("name", ""),
-        base_hash=meta["base"].get("config_hash", ""),
+        target_modules=list(lora.get("target_modules") or []),
+        base_name=meta["base"].get("name") or "",
+        base_hash=meta["base"].get("config_hash") or "",
         data_size=meta.get("data_size"),
         eval=meta.get("eval"),
-        parents=list(meta.get("parents", [])),
-        weights=list(meta.get("weights", [])),
+        parents=list(meta.get("parents") or []),
+        weights=list(meta.get("weights") or []),
         method=meta.get("method"),
         parameters=meta.get("parameters"),
         size_bytes=weights.stat().st_size if weights.is_file() else 0,
-        created=meta.get("created", ""),
+        created=meta.get("created") or "",
         problem=adapter_problem(folder, meta, base_hash, base_name),
     )
 
@@ -300,7 +355,10 @@ def delete_adapter(root: str | Path, task: str) -> None:
     folder = adapter_folder(Path(root), task)
     trash = folder.with_name(f".deleted-{task}-{os.getpid()}")
     os.replace(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash.is_symlink():  # a linked adapter: the link goes, what it points to is not ours to delete
+        trash.unlink()
+    else:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 @contextlib.contextmanager

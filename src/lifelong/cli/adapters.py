@@ -25,6 +25,7 @@ from lifelong.adapters import (
     list_adapters,
     read_meta,
 )
+from lifelong.data.jsonl import json_lines, parse_json
 from lifelong.errors import LifelongError
 from lifelong.report.text import safe_text, terminal, visible
 
@@ -64,17 +65,14 @@ def read_examples(path: Path) -> list[Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise LifelongError(f"cannot read {path}: {err}") from None
-    try:
-        if path.suffix == ".jsonl":
-            rows: list[Any] = [json.loads(line) for line in text.splitlines() if line.strip()]
-        elif path.suffix == ".json":
-            rows = json.loads(text)
-            if not isinstance(rows, list):
-                raise ValueError("a .json data file must hold a list of examples")
-        else:
-            rows = [line for line in text.splitlines() if line.strip()]
-    except ValueError as err:
-        raise LifelongError(f"{path} is not valid {path.suffix[1:] or 'text'}: {err}") from None
+    if path.suffix == ".jsonl":
+        rows: list[Any] = [parse_json(line, f"{path} line {n}") for n, line in json_lines(text)]
+    elif path.suffix == ".json":
+        rows = parse_json(text, str(path), "fix its syntax")
+        if not isinstance(rows, list):
+            raise LifelongError(f"{path} must hold a JSON list of examples")
+    else:
+        rows = [line for _, line in json_lines(text)]
     if not rows:
         raise LifelongError(f"{path} has no examples")
     return rows
@@ -85,9 +83,9 @@ def _echo_json(value: Any) -> None:
 
 
 def _eval_text(info: AdapterInfo) -> str:
-    if not info.eval:
+    if not info.eval or info.eval.get("value") is None:
         return "—"
-    return safe_text(f"{info.eval.get('metric')} {info.eval.get('value'):.3g}")
+    return safe_text(f"{info.eval.get('metric')} {info.eval['value']:.3g}")
 
 
 def _table(infos: list[AdapterInfo], title: str) -> Table:

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from lifelong.cli.options import TrainingOptions, training_command
+from lifelong.core.settings import check_count
 from lifelong.errors import LifelongError
 from lifelong.llm.corpora import load_corpus
 from lifelong.llm.data import pack
@@ -103,8 +104,15 @@ def perplexity(
         raise LifelongError(f"--split is 'all' or 'heldout', got '{split}'")
     if device not in ("auto", "cpu", "cuda"):
         raise LifelongError(f"--device must be auto, cpu or cuda, got '{device}'")
+    check_count("--block-size", block_size, low=2)
+    check_count("--batch-size", batch_size)
+    check_count("--max-blocks", max_blocks)
     defaults = TINY_DEFAULTS if is_tiny_llama(model) else MODEL_DEFAULTS
-    size = block_size or _trained_block_size(resolve_model_folder(model)) or defaults["block_size"]
+    size = (
+        block_size
+        if block_size is not None
+        else _trained_block_size(resolve_model_folder(model)) or defaults["block_size"]
+    )
     corpora = [
         load_corpus(d, text_field=text_field, one_doc_per_line=lines) for d in data or ["prose", "code"]
     ]

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from lifelong.core.settings import option_fields
+from lifelong.core.settings import check_count, option_fields
 from lifelong.errors import LifelongError
 from lifelong.runs.settings_file import load_settings_file, make_settings
 
@@ -36,6 +36,7 @@ Resume = Annotated[
 ShowProgress = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 Settings = TypeVar("Settings")
+THREADS_MAX = 4096  # more than any machine has cores; torch cannot take a count past an int
 
 
 @dataclass
@@ -65,8 +66,7 @@ class TrainingOptions:
         threads = self.threads if self.threads is not None else default
         if threads is None:
             return
-        if threads < 1:
-            raise LifelongError(f"--threads must be at least 1, got {threads}")
+        check_count("--threads", threads, high=THREADS_MAX)
         import torch  # deferred: `lifelong --help` loads no torch
 
         torch.set_num_threads(threads)

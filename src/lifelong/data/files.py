@@ -186,7 +186,19 @@ def _read_table(path: Path, label_column: str) -> pd.DataFrame:
             f"'{path}': label column '{label_column}' is empty in {missing} row(s); "
             "fill in or drop those rows"
         )
+    _check_plain_values(table[label_column], f"'{path}': label column '{label_column}'")
     return table
+
+
+def _check_plain_values(column: pd.Series, what: str) -> None:
+    """Labels and task names are plain values: a list or mapping in a cell (JSON ``[1]``, a Parquet
+    struct) names no class."""
+    nested = column.map(lambda value: isinstance(value, list | tuple | dict | np.ndarray))
+    if nested.any():
+        row = int(np.flatnonzero(nested.to_numpy())[0])
+        raise LifelongError(
+            f"{what} holds a list or mapping in row {row + 1}; give each row one number or name there"
+        )
 
 
 def _starts_with(path: Path, char: str) -> bool:
@@ -210,6 +222,7 @@ def _split_by_task_column(
         raise LifelongError(
             f"'{path}': task column '{task_column}' is empty in {missing} row(s); fill in or drop those rows"
         )
+    _check_plain_values(tasks, f"'{path}': task column '{task_column}'")
     return [(str(value), str(path), table[tasks == value]) for value in pd.unique(tasks)]
 
 

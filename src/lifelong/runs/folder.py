@@ -116,7 +116,7 @@ class RunFolder:
 
     def _acquire(self) -> None:
         if self.path.exists() and not self.path.is_dir():
-            raise LifelongError(f"--out {self.path} is a file, not a folder; choose another path")
+            raise LifelongError(f"{self.path} is a file, not a run folder; choose another path")
         self.path.mkdir(parents=True, exist_ok=True)
         handle = (self.path / LOCK_FILE).open("a+", encoding="utf-8")
         try:
@@ -151,11 +151,14 @@ class RunFolder:
     @contextmanager
     def running(self) -> Iterator[RunFolder]:
         """Around a run's work: released when it ends; after a failure `abandon`-ed, and a user error
-        that leaves complete tasks behind says how to continue them."""
+        after which this run completed tasks says how to continue them (not one met before any task
+        finished, such as bad input at a resume: resuming again would meet it again)."""
+        before = set(self.checkpoints())
         try:
             yield self
         except BaseException as err:
-            if not self.abandon() and isinstance(err, LifelongError):
+            finished = set(self.checkpoints()) - before
+            if not self.abandon() and isinstance(err, LifelongError) and finished:
                 raise LifelongError(
                     f"{err}; the last complete task is kept: continue with --resume {self.path}"
                 ) from None
@@ -223,7 +226,7 @@ def _read_run_file(path: Path, command: str) -> dict[str, Any] | None:
     a command deletes only what it can prove it wrote.
     """
     if path.exists() and not path.is_dir():
-        raise LifelongError(f"--out {path} is a file, not a folder; choose another path")
+        raise LifelongError(f"{path} is a file, not a run folder; choose another path")
     run_file = path / RUN_FILE
     if not run_file.is_file():
         if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()):
