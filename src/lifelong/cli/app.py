@@ -137,12 +137,24 @@ def _without_type_column(command: Any) -> None:
         _without_type_column(sub)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = 2) -> None:
     """One red line (from the main process: every process of a multi-process run meets the same error)
-    and exit status 2."""
+    and exit ``status``."""
     if is_main_process():
         err_console.print(f"[bold red]error:[/] {safe_text(message)}", highlight=False, soft_wrap=True)
-    sys.exit(2)
+    sys.exit(status)
+
+
+def _usage_error(err: typer.TyperException) -> None:
+    """A usage error in one line with where to read the command's help (or the help itself when a
+    command group is given no command)."""
+    ctx = getattr(err, "ctx", None)
+    status = int(getattr(err, "exit_code", 2))
+    if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        console.print(ctx.get_help(), markup=False, highlight=False)
+        sys.exit(status)
+    message = " ".join(str(getattr(err, "format_message", err.__str__)()).split()).rstrip(".")
+    _fail(message + (f"; see {ctx.command_path} --help" if ctx is not None else ""), status)
 
 
 def _os_problem(err: OSError) -> str:
@@ -156,7 +168,16 @@ def main() -> None:
     try:
         command = typer.main.get_command(app)
         _without_type_column(command)
-        command(prog_name="lifelong")
+        # Not standalone: click's own usage errors (a flag that is not a number, an unknown option) come
+        # here too, to be said in one line like every other error.
+        status = command.main(prog_name="lifelong", standalone_mode=False)
+        if isinstance(status, int) and status:
+            sys.exit(status)
+    except typer.TyperException as err:  # the parser's own errors (typer's click): usage, bad values
+        _usage_error(err)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
     except LifelongError as err:
         _fail(str(err))
     except OSError as err:  # the file system refused: a path under a file, too long, read-only, full
