@@ -97,7 +97,7 @@ def check_types(settings: Any) -> None:
 
 def _check_range(field: dataclasses.Field[Any], value: float) -> None:
     flag = (field.metadata.get("flags") or (f"--{field.name.replace('_', '-')}",))[0]
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise LifelongError(f"{flag} must be a finite number, got {value}")
     low, high = field.metadata.get("limits", (None, None))
     if isinstance(value, int) and abs(value) > COUNT_MAX and high is None:

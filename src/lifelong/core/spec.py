@@ -153,7 +153,7 @@ def _cast(raw: Any, default: Any, hint: Any, where: str) -> Any:
 def _checked_number(number: float, where: str) -> float:
     """Every numeric option is finite and an integer (a count, a size) fits `COUNT_MAX`: inf, nan or 10**20 would only fail
     later, deep inside training."""
-    if not math.isfinite(number):
+    if isinstance(number, float) and not math.isfinite(number):
         raise LifelongError(f"{where} must be a finite number, got {number}")
     if isinstance(number, int) and abs(number) > COUNT_MAX:
         raise LifelongError(f"{where} must be at most {COUNT_MAX:,} in size, got {shown(number)}")
