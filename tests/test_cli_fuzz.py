@@ -436,7 +436,10 @@ def test_perplexity_command_lines(sandbox: Sandbox, given: dict[str, str]) -> No
 
 
 @settings(FUZZ, max_examples=25)
-@given(runs=st.lists(PATH | TEXT, min_size=1, max_size=3), out=st.none() | PATH | st.just("fresh"))
+@given(
+    runs=st.lists(either(["shared-run", "report-hostile"], PATH | TEXT), min_size=1, max_size=2),
+    out=st.none() | PATH | st.just("fresh"),
+)
 def test_report_command_lines(sandbox: Sandbox, runs: list[str], out: str | None) -> None:
     args = ["report", *map(sandbox.path, runs)]
     if out is not None:
