@@ -118,9 +118,7 @@ COUNT = _simple(
     "an integer of at least 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
 )
 OBJECT = _simple("an object", lambda v: isinstance(v, dict))
-TEXTS = _simple(
-    "an object of strings", lambda v: isinstance(v, dict) and all(map(_is_text, v.values()))
-)
+TEXTS = _simple("an object of strings", lambda v: isinstance(v, dict) and all(map(_is_text, v.values())))
 SCORES = _simple(
     "an object of numbers or null", lambda v: isinstance(v, dict) and all(map(_score, v.values()))
 )
