@@ -338,3 +338,83 @@ def test_report_refuses_numbers_and_names_it_cannot_draw(
     (tmp_path / "results.json").write_text(json.dumps(doc))
     code, _, err = cli("report", str(tmp_path))
     assert "results.json: results[0]" in one_line(code, err)
+
+
+# ---- wrong or unclear without a traceback -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["dangling-link", "link-loop", "fifo", "folder"])
+def test_a_data_folder_entry_that_is_no_file_is_named(cli: Cli, tmp_path: Path, kind: str) -> None:
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("f0,label\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    odd = data / "b.csv"
+    if kind == "dangling-link":
+        odd.symlink_to(tmp_path / "nowhere.csv")
+    elif kind == "link-loop":
+        odd.symlink_to(data / "c.csv")
+        (data / "c.csv").symlink_to(odd)
+    elif kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.mkdir()
+    code, _, err = cli("run", *SMALL[:4], "--data", str(data), "--out", str(tmp_path / "r"))
+    assert "b.csv' is named like a data file but is" in one_line(code, err)
+
+
+def test_a_pipe_given_as_data_is_named_not_read(cli: Cli, tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    code, _, err = cli(
+        "run", *SMALL[:4], "--data", str(fifo), "--task-column", "t", "--out", str(tmp_path / "r")
+    )
+    assert "not a regular file" in one_line(code, err)
+    corpus = tmp_path / "c.txt"
+    os.mkfifo(corpus)
+    from lifelong.llm.corpora import load_corpus
+
+    with pytest.raises(LifelongError, match="not a regular file"):
+        load_corpus(str(corpus))
+
+
+def test_a_resumed_task_logs_its_scores_once(tmp_path: Path) -> None:
+    from lifelong.runs.folder import METRICS_LOG, RunFolder
+
+    folder = RunFolder.create(tmp_path / "run", "run", {"config": {}}, overwrite=False)
+    folder.log_metrics({"strategy": "naive", "after_task": 0, "scores": [0.5]})
+    folder.log_metrics({"strategy": "naive", "after_task": 1, "scores": [0.4, 0.6]})  # then a crash
+    folder.log_metrics({"strategy": "naive", "after_task": 1, "scores": [0.4, 0.7]})  # the resumed task
+    lines = [json.loads(line) for line in (tmp_path / "run" / METRICS_LOG).read_text().splitlines()]
+    assert [(r["after_task"], r["scores"][-1]) for r in lines] == [(0, 0.5), (1, 0.7)]
+    folder.release()
+
+
+def test_a_crashed_write_leaves_no_temporary_file_once_resumed(tmp_path: Path) -> None:
+    from lifelong.runs.folder import RunFolder
+
+    folder = RunFolder.create(tmp_path / "run", "run", {"config": {}}, overwrite=False)
+    folder.release()
+    stale = tmp_path / "run" / "checkpoints" / "0-naive" / ".result.json.abc123.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{")
+    RunFolder.resume(tmp_path / "run", "run").release()
+    assert not stale.exists() and stale.parent.is_dir()
+
+
+def test_resume_hint_only_after_a_task_of_this_attempt(cli: Cli, tmp_path: Path) -> None:
+    # bad input met at a resume, before any task finished: "continue with --resume" would meet it again
+    out = tmp_path / "run"
+    data = tmp_path / "d.csv"
+    data.write_text("f0,label,t\n" + "".join(f"{i},{i % 2},{'ab'[i // 10]}\n" for i in range(20)))
+    code, _, err = cli("run", *SMALL[:4], "--data", str(data), "--task-column", "t", "--out", str(out))
+    assert code == 0, err
+    (out / "results.json").unlink()
+    for result in (out / "checkpoints").glob("*/result.json"):
+        result.unlink()
+    data.write_text("nothing here\n")
+    code, _, err = cli("run", "--resume", str(out), "--no-progress")
+    assert "--resume" not in one_line(code, err)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, split_train_test
-from lifelong.data.folders import data_files
+from lifelong.data.folders import data_files, not_a_file
 from lifelong.errors import LifelongError
 
 READERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -153,6 +153,8 @@ def _read_table(path: Path, label_column: str) -> pd.DataFrame:
         raise LifelongError(
             f"'{path}' has an unsupported extension '{path.suffix}'; use one of: {_SUPPORTED}"
         )
+    if not path.is_file():  # a pipe would read as empty, or block
+        raise LifelongError(f"'{path}' is {not_a_file(path)}; give a data file or a folder of them")
     if path.stat().st_size == 0:
         raise LifelongError(f"'{path}' is empty; give it a header and rows of data")
     try:

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lifelong.data.folders import data_files
+from lifelong.data.folders import data_files, not_a_file
 from lifelong.data.jsonl import json_lines, parse_json
 from lifelong.data.text import pydoc_paragraphs
 from lifelong.errors import LifelongError
@@ -108,6 +108,8 @@ def _read_file(path: Path, text_field: str, one_doc_per_line: bool) -> list[str]
 
 def read_text(path: Path) -> str:
     """UTF-8 text, or a `LifelongError` for binary files (a NUL byte, or bytes that are not UTF-8)."""
+    if not path.is_file():  # reading a pipe would block until something writes to it
+        raise LifelongError(f"{path} is {not_a_file(path)}; pass a text file")
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
         raise LifelongError(f"{path} is not a text file (it holds binary data); pass UTF-8 text")

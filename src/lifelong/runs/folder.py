@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from lifelong.core.checkpoint import atomic_write_json, latest_checkpoint
+from lifelong.core.checkpoint import atomic_write_bytes, atomic_write_json, latest_checkpoint
 from lifelong.errors import LifelongError
 
 RUN_FILE, RESULTS_FILE, METRICS_LOG, LOCK_FILE = "run.json", "results.json", "metrics.jsonl", ".lock"
@@ -133,6 +133,10 @@ class RunFolder:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
+        # Holding the lock, no write is under way here: a temporary file left is a crashed write's.
+        for stale in self.path.rglob(".*.tmp"):
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
 
     def release(self) -> None:
         if self._lock is not None:
@@ -178,7 +182,13 @@ class RunFolder:
                 yield latest
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        with (self.path / METRICS_LOG).open("a", encoding="utf-8") as log:
+        """Append ``record``. If the last line is the same strategy's same task, an earlier attempt
+        logged it and crashed before the checkpoint commit; the resumed run's line replaces it."""
+        path = self.path / METRICS_LOG
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+        if lines and _metrics_key(lines[-1]) == (record.get("strategy"), record.get("after_task")):
+            atomic_write_bytes(path, "".join(lines[:-1]).encode("utf-8"))
+        with path.open("a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
 
     def tensorboard(self, name: str) -> Any:
@@ -190,6 +200,14 @@ class RunFolder:
                 "--tensorboard needs the tensorboard package; pip install 'lifelong[tensorboard]'"
             ) from None
         return SummaryWriter(log_dir=str(self.path / "tensorboard" / name))
+
+
+def _metrics_key(line: str) -> tuple[Any, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return (record.get("strategy"), record.get("after_task")) if isinstance(record, dict) else None
 
 
 def strategy_dir(run_dir: Path, index: int, composition: str) -> Path:
