@@ -25,6 +25,7 @@ from lifelong.adapters import (
     list_adapters,
     read_meta,
 )
+from lifelong.cli.options import AllowPickle
 from lifelong.data.jsonl import json_lines, parse_json
 from lifelong.errors import LifelongError
 from lifelong.report.text import safe_text, terminal, visible
@@ -48,12 +49,16 @@ Labels = Annotated[
 
 
 def _library(
-    base: Path, root: Path, kind: str | None = None, num_labels: int | None = None
+    base: Path,
+    root: Path,
+    kind: str | None = None,
+    num_labels: int | None = None,
+    allow_pickle: bool = False,
 ) -> AdapterLibrary:
 
     if kind not in (None, "causal-lm", "classification"):
         raise LifelongError(f"unknown --kind '{kind}'; use causal-lm or classification")
-    return AdapterLibrary(base, root, kind=kind, num_labels=num_labels)  # type: ignore[arg-type]
+    return AdapterLibrary(base, root, kind=kind, num_labels=num_labels, allow_pickle=allow_pickle)  # type: ignore[arg-type]
 
 
 def read_examples(path: Path) -> list[Any]:
@@ -128,10 +133,15 @@ def list_command(
     kind: Kind = None,
     num_labels: Labels = None,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """The adapters in --root: rank, targets, data size, eval score, size, and any problem."""
 
-    infos = _library(base, root, kind, num_labels).list() if base is not None else list_adapters(root)
+    infos = (
+        _library(base, root, kind, num_labels, allow_pickle).list()
+        if base is not None
+        else list_adapters(root)
+    )
     if json_:
         _echo_json([i.to_json() for i in infos])
     elif not infos:
@@ -192,9 +202,10 @@ def train(
         bool, typer.Option("--overwrite", help="Replace an existing adapter for TASK.")
     ] = False,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Train one LoRA adapter for TASK on the frozen --base and save it in --root/TASK."""
-    library = _library(base, root, kind, num_labels)
+    library = _library(base, root, kind, num_labels, allow_pickle)
     lora: dict[str, Any] = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout}
     if targets:
         lora["target_modules"] = [t.strip() for t in targets.split(",") if t.strip()]
@@ -235,6 +246,7 @@ def merge(
     ] = None,
     density: Annotated[float | None, typer.Option(help="Share kept by ties/dare/magnitude_prune.")] = None,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Merge adapters into a new one (PEFT add_weighted_adapter) and save it like any other."""
     parsed = None
@@ -243,7 +255,7 @@ def merge(
             parsed = [float(w) for w in weights.split(",")]
         except ValueError:
             raise LifelongError(f"--weights must be comma-separated numbers, got '{weights}'") from None
-    info = _library(base, root).merge(tasks, parsed, method, name, density=density)  # type: ignore[arg-type]
+    info = _library(base, root, allow_pickle=allow_pickle).merge(tasks, parsed, method, name, density=density)  # type: ignore[arg-type]
     if json_:
         _echo_json(info.to_json())
     else:
@@ -264,6 +276,7 @@ def route(
     kind: Kind = None,
     num_labels: Labels = None,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Pick the adapter for each example: lowest loss (causal LM) or highest confidence (classifier)."""
     examples: list[Any] = list(text or [])
@@ -272,7 +285,7 @@ def route(
     if not examples:
         raise LifelongError("nothing to route; give --text or --data")
     candidates = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    result = _library(base, root, kind, num_labels).route(examples, candidates)
+    result = _library(base, root, kind, num_labels, allow_pickle).route(examples, candidates)
     if json_:
         _echo_json(result.to_json())
         return
@@ -298,9 +311,10 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Output folder.  [default: ROOT/_exports/TASK]")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Fold TASK's adapter into the base and write a standalone model folder (no PEFT needed)."""
-    path = _library(base, root).merge_and_unload(task, out, overwrite=overwrite)
+    path = _library(base, root, allow_pickle=allow_pickle).merge_and_unload(task, out, overwrite=overwrite)
     if json_:
         _echo_json({"task": task, "path": str(path)})
     else:

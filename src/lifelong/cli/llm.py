@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from lifelong.cli.options import TrainingOptions, training_command
+from lifelong.cli.options import AllowPickle, TrainingOptions, training_command
 from lifelong.core.settings import check_count
 from lifelong.errors import LifelongError
 from lifelong.llm.corpora import load_corpus
@@ -96,6 +96,7 @@ def perplexity(
     ] = "text",
     lines: Annotated[bool, typer.Option("--lines", help="Each line of a .txt file is one document.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Perplexity of a causal LM on each text (lower is better), as a table."""
     import torch
@@ -116,7 +117,7 @@ def perplexity(
     corpora = [
         load_corpus(d, text_field=text_field, one_doc_per_line=lines) for d in data or ["prose", "code"]
     ]
-    loaded, tokenizer = load_model(model)
+    loaded, tokenizer = load_model(model, allow_pickle=allow_pickle)
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
         raise LifelongError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")

@@ -15,6 +15,7 @@ import typer
 
 from lifelong.core.settings import check_count, option_fields
 from lifelong.errors import LifelongError
+from lifelong.models.hf import ALLOW_PICKLE_HELP
 from lifelong.runs.settings_file import load_settings_file, make_settings
 
 # ---- options shared by the commands that train -------------------------------------------------------
@@ -34,6 +35,7 @@ Resume = Annotated[
     typer.Option(help="Continue the unfinished run in this folder after its last complete task."),
 ]
 ShowProgress = Annotated[bool, typer.Option(help="Show progress bars.")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help=ALLOW_PICKLE_HELP)]
 
 Settings = TypeVar("Settings")
 THREADS_MAX = 4096  # more than any machine has cores; torch cannot take a count past an int

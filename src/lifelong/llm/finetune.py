@@ -99,6 +99,7 @@ class FinetuneRequest:
     merge: bool = False
     metric: str | Metric | None = None
     tensorboard: bool = False
+    allow_pickle: bool = False  # kept in run.json: a resumed run loads the model as the run did
 
     def saved(self) -> dict[str, Any]:
         def named(sources: list[TaskSource]) -> list[str | None]:
@@ -151,6 +152,7 @@ def finetune(
     console: Console | None = None,
     progress: bool = False,
     tensorboard: bool = False,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on each task of ``data`` in turn, once per strategy composition; write ``out``.
 
@@ -163,7 +165,8 @@ def finetune(
     share. ``lora``: True or LoRA fields (``{"r": 8}``) for one adapter per task in
     ``out/adapters/<composition>``; ``merge`` adds their merge. ``metric``: ``"exact"`` (default),
     a function ``(prediction, reference) -> float`` or ``"module:function"``. ``tensorboard`` also
-    logs each task's scores to TensorBoard. Returns the results document (also
+    logs each task's scores to TensorBoard. ``allow_pickle`` also loads a model folder whose weights
+    are only pickles (see `lifelong.models.hf.weights_format`). Returns the results document (also
     ``out/results.json``); an unfinished run continues with `resume_finetune`.
     """
     if strategies is None:
@@ -186,6 +189,7 @@ def finetune(
         merge=merge,
         metric=metric or "exact",
         tensorboard=tensorboard,
+        allow_pickle=allow_pickle,
     )
     return _finetune(request, Path(out), console, progress, overwrite=overwrite)
 
@@ -211,6 +215,7 @@ def run_finetune_config(
         console=console,
         progress=progress,
         tensorboard=config.tensorboard,
+        allow_pickle=config.allow_pickle,
     )
 
 
@@ -252,7 +257,7 @@ def _finetune(
         request.settings, request.model, LORA_LR if request.lora else DEFAULT_LR
     )
     named, known, given_records = _read_tasks(request, plans)
-    base, tokenizer = load_model(request.model)
+    base, tokenizer = load_model(request.model, allow_pickle=request.allow_pickle)
     check_chat_template(
         tokenizer, [r for t in named for r in (*t.train, *t.heldout)] + list(given_records), request.model
     )
@@ -284,7 +289,12 @@ def _finetune(
         shared = None
         if is_tiny_llama(request.model) and lora is None and not known:
             shared = job.shared_first(base)
-        supply = ModelSupply(request.model, None if shared is not None else base, device_of(settings))
+        supply = ModelSupply(
+            request.model,
+            None if shared is not None else base,
+            device_of(settings),
+            allow_pickle=request.allow_pickle,
+        )
         del base
         results = [job.composition(i, plan, supply, shared, request.merge) for i, plan in enumerate(plans)]
         config = {

@@ -110,6 +110,7 @@ class PretrainRequest:
     text_field: str = "text"
     one_doc_per_line: bool = False
     tensorboard: bool = False
+    allow_pickle: bool = False  # kept in run.json: a resumed run loads the model as the run did
 
     def saved(self) -> dict[str, Any]:
         return {
@@ -142,6 +143,7 @@ def run_pretrain(
     one_doc_per_line: bool = False,
     tensorboard: bool = False,
     progress: bool = False,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on each corpus in turn, once per strategy composition; write the run folder.
 
@@ -151,7 +153,8 @@ def run_pretrain(
     (replay has no earlier domain, EWC no Fisher, and distilling a random model teaches nothing).
     With your own model, strategies apply from the first domain on (distillation then keeps what
     the model knew before). ``tensorboard`` also logs each task's perplexities to TensorBoard;
-    ``progress`` shows the Trainer's progress bar while a task trains.
+    ``progress`` shows the Trainer's progress bar while a task trains. ``allow_pickle`` also loads a
+    model folder whose weights are only pickles (see `lifelong.models.hf.weights_format`).
     Returns the results document (also ``results.json``); an unfinished run continues with
     `resume_pretrain`.
     """
@@ -164,6 +167,7 @@ def run_pretrain(
         text_field,
         one_doc_per_line,
         tensorboard,
+        allow_pickle,
     )
     return _pretrain(request, Path(out), console, overwrite=overwrite, progress=progress)
 
@@ -186,6 +190,7 @@ def run_pretrain_config(
         one_doc_per_line=config.lines,
         tensorboard=config.tensorboard,
         progress=progress,
+        allow_pickle=config.allow_pickle,
     )
 
 
@@ -223,7 +228,9 @@ def _pretrain(
         raise LifelongError(
             "no corpus given; pass --corpus at least once (or none for the built-in prose, code)"
         )
-    base, tokenizer = load_model(request.model)  # fails on a bad folder before the run folder is touched
+    base, tokenizer = load_model(
+        request.model, allow_pickle=request.allow_pickle
+    )  # fails on a bad folder before the run folder is touched
     loaded: list[Corpus | PackedCorpus] = [
         load_corpus(s, text_field=request.text_field, one_doc_per_line=request.one_doc_per_line)
         if isinstance(s, str | Path)
@@ -248,7 +255,9 @@ def _pretrain(
         shared = job.shared_first(base) if is_tiny_llama(request.model) else None
         # Your own model: the first composition trains the loaded copy, later ones reload it, so one
         # model (not two) is in memory at a time.
-        supply = ModelSupply(request.model, None if shared is not None else base, device)
+        supply = ModelSupply(
+            request.model, None if shared is not None else base, device, allow_pickle=request.allow_pickle
+        )
         del base
         results = [job.composition(index, plan, supply, shared) for index, plan in enumerate(plans)]
         extra = {

@@ -20,6 +20,7 @@ from lifelong.errors import LifelongError
 from lifelong.llm.finetune_data import FinetuneSettings, tiny_skills_settings
 from lifelong.llm.models import is_tiny_llama
 from lifelong.llm.training import TrainSettings
+from lifelong.models.hf import ALLOW_PICKLE_HELP
 from lifelong.runs.settings_file import compositions_from_file
 
 # The from-scratch tiny-llama demo needs a longer first (pretraining) domain and smaller blocks than
@@ -51,6 +52,7 @@ class _LanguageModelSettings(CommonSettings):
     tensorboard: bool = setting(
         False, "Also log every task's scores to TensorBoard (RUN/tensorboard).", "--tensorboard"
     )
+    allow_pickle: bool = setting(False, ALLOW_PICKLE_HELP, "--allow-pickle")
 
     def _train_fields(self) -> dict[str, Any]:
         """The `TrainSettings` fields these settings give directly, whatever the model."""
