@@ -228,19 +228,47 @@ def _is(value: Any, kind: str) -> bool:
 
 def adapter_rank(folder: Path) -> int:
     """The largest LoRA rank in ``folder``'s ``adapter_config.json`` (its rank_pattern included)."""
+    config = _checked_lora_config(folder)
+    return max([int(config["r"]), *(int(v) for v in (config.get("rank_pattern") or {}).values())])
+
+
+def _checked_lora_config(folder: Path) -> dict[str, Any]:
+    """``adapter_config.json`` as JSON, refused in one line unless it is a LoRA config PEFT can build
+    a model from (its checksum is not kept: PEFT writes it, so its fields are checked instead)."""
     path = folder / CONFIG_FILE
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-        pattern = config.get("rank_pattern") or {}
-        return max([int(config["r"]), *(int(v) for v in pattern.values())])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, RecursionError):
         raise LifelongError(f"{path} is damaged; retrain the adapter or delete it") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise LifelongError(f"{path} is not a LoRA adapter's config ({kind!r}); retrain the adapter")
+    targets = config.get("target_modules")
+    wrong = _wrongly_typed(config, {"r": _COUNT, "lora_alpha": _NUMBER, "lora_dropout": _NUMBER})
+    if not (
+        targets is None
+        or _is(targets, _TEXT)
+        or (isinstance(targets, list) and all(_is(t, _TEXT) for t in targets))
+    ):
+        wrong = wrong or "target_modules"
+    for name, kind in (("rank_pattern", _COUNT), ("alpha_pattern", _NUMBER)):
+        pattern = config.get(name) or {}
+        if not isinstance(pattern, dict) or not all(_is(v, kind) for v in pattern.values()):
+            wrong = wrong or name
+    if wrong is None and not (_is(config.get("r"), _COUNT) and config["r"] >= 1):
+        wrong = "r"
+    if wrong is not None:
+        raise LifelongError(
+            f"{path}: '{wrong}' has the wrong kind of value; retrain the adapter or delete it"
+        )
+    return config
 
 
 def read_lora_config(folder: Path) -> LoraConfig:
     """``adapter_config.json`` as PEFT's LoraConfig, for inference."""
     from peft import LoraConfig
 
+    _checked_lora_config(folder)
     try:
         config = LoraConfig.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as err:
