@@ -418,3 +418,13 @@ def test_resume_hint_only_after_a_task_of_this_attempt(cli: Cli, tmp_path: Path)
     data.write_text("nothing here\n")
     code, _, err = cli("run", "--resume", str(out), "--no-progress")
     assert "--resume" not in one_line(code, err)
+
+
+def test_a_replay_buffer_too_large_for_memory_is_refused_before_the_first_task(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # buffer_size=100000000 tried 25.6 GB after task 0; a 10**9-sample buffer of 64-pixel digits is 0.5 TB
+    out = tmp_path / "run"
+    code, _, err = cli("run", *SMALL[2:], "-s", "replay:buffer_size=999999999", "--out", str(out))
+    assert "choose a smaller buffer_size" in one_line(code, err)
+    assert not out.exists()

@@ -143,6 +143,12 @@ class ReplayBuffer:
         self.seen += n
         self.size = min(self.max_size, self.size + n)
 
+    def check_fits(self, sample: Sequence[torch.Tensor]) -> None:
+        """Refuse, before any training, a buffer whose rows (one ``sample`` each: its tensors plus a
+        task id) would not fit in memory once allocated."""
+        row_bytes = sum(t.element_size() * max(t.numel(), 1) for t in sample) + 8
+        _check_fits((self.max_size + 1) * row_bytes, self.max_size)
+
     def _allocate(self, columns: dict[str, torch.Tensor]) -> None:
         device = self.device or columns["x"].device
         # A spare row at index max_size takes the writes of rejected samples, so an update is one
