@@ -428,3 +428,28 @@ def test_a_replay_buffer_too_large_for_memory_is_refused_before_the_first_task(
     code, _, err = cli("run", *SMALL[2:], "-s", "replay:buffer_size=999999999", "--out", str(out))
     assert "choose a smaller buffer_size" in one_line(code, err)
     assert not out.exists()
+
+
+def test_out_of_memory_in_torch_is_one_line(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # mlp:hidden=100000000 asked torch's CPU allocator for 25.6 GB: a RuntimeError traceback
+    import importlib
+
+    app = importlib.import_module("lifelong.cli.app")  # the module: lifelong.cli's `app` is the Typer app
+
+    def allocate(*args: object) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(app, "report_runs", allocate)
+    code, _, err = cli("report", str(tmp_path))
+    assert "out of memory" in one_line(code, err)
+    monkeypatch.setattr(app, "report_runs", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is a bug, not bad input
+        cli("report", str(tmp_path))
+
+
+def test_tiny_llama_sizes_are_bounded(cli: Cli) -> None:
+    # tiny-llama:layers=99999 built for minutes
+    code, _, err = cli("perplexity", "--model", "tiny-llama:layers=99999")
+    assert "tiny-llama option layers must be between 1 and 64" in one_line(code, err)

@@ -137,6 +137,9 @@ def _without_type_column(command: Any) -> None:
         _without_type_column(sub)
 
 
+_OUT_OF_MEMORY = "out of memory; choose smaller sizes (model, batch, buffer, data)"
+
+
 def _fail(message: str, status: int = 2) -> None:
     """One red line (from the main process: every process of a multi-process run meets the same error)
     and exit ``status``."""
@@ -183,7 +186,11 @@ def main() -> None:
     except OSError as err:  # the file system refused: a path under a file, too long, read-only, full
         _fail(f"{_os_problem(err)}; check the path, its permissions and the free space")
     except MemoryError:
-        _fail("out of memory; choose smaller sizes (model, batch, buffer, data)")
+        _fail(_OUT_OF_MEMORY)
+    except RuntimeError as err:  # torch's allocators say so in a RuntimeError
+        if "can't allocate memory" not in str(err) and "out of memory" not in str(err):
+            raise
+        _fail(_OUT_OF_MEMORY)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
         sys.exit(130)
