@@ -410,32 +410,32 @@ def run_folder_changes(given: dict[str, str]) -> Callable[[str], bool]:
     return lambda name: name == "shared-run" and ("--resume" in given or "--overwrite" in given)
 
 
-@settings(FUZZ, max_examples=30)
+@settings(FUZZ, max_examples=50)
 @given(given=flags(RUN_FLAGS, RUN_BASE), overwrite=st.booleans())
 def test_run_command_lines(sandbox: Sandbox, given: dict[str, str], overwrite: bool) -> None:
     args = command_line(sandbox, ["run", "--no-progress"], given) + (["--overwrite"] if overwrite else [])
     check(sandbox, args, run_folder_changes({**given, **({"--overwrite": ""} if overwrite else {})}))
 
 
-@settings(FUZZ, max_examples=12)
+@settings(FUZZ, max_examples=16)
 @given(given=flags(PRETRAIN_FLAGS, PRETRAIN_BASE))
 def test_pretrain_command_lines(sandbox: Sandbox, given: dict[str, str]) -> None:
     check(sandbox, command_line(sandbox, ["pretrain", "--no-progress"], given), run_folder_changes(given))
 
 
-@settings(FUZZ, max_examples=12)
+@settings(FUZZ, max_examples=16)
 @given(given=flags(FINETUNE_FLAGS, FINETUNE_BASE))
 def test_finetune_command_lines(sandbox: Sandbox, given: dict[str, str]) -> None:
     check(sandbox, command_line(sandbox, ["finetune", "--no-progress"], given), run_folder_changes(given))
 
 
-@settings(FUZZ, max_examples=20)
+@settings(FUZZ, max_examples=30)
 @given(given=flags(PERPLEXITY_FLAGS, PERPLEXITY_BASE))
 def test_perplexity_command_lines(sandbox: Sandbox, given: dict[str, str]) -> None:
     check(sandbox, command_line(sandbox, ["perplexity"], given, out=False))
 
 
-@settings(FUZZ, max_examples=25)
+@settings(FUZZ, max_examples=40)
 @given(
     runs=st.lists(either(["shared-run", "report-hostile"], PATH | TEXT), min_size=1, max_size=2),
     out=st.none() | PATH | st.just("fresh"),
@@ -453,7 +453,7 @@ ADAPTER_TASKS = (
 )
 
 
-@settings(FUZZ, max_examples=30)
+@settings(FUZZ, max_examples=50)
 @given(
     command=st.sampled_from(["list", "show", "export", "delete"]),
     task=ADAPTER_TASKS,
