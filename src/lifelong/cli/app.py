@@ -174,8 +174,7 @@ def main() -> None:
         # Not standalone: click's own usage errors (a flag that is not a number, an unknown option) come
         # here too, to be said in one line like every other error.
         status = command.main(prog_name="lifelong", standalone_mode=False)
-        if isinstance(status, int) and status:
-            sys.exit(status)
+        sys.exit(status if isinstance(status, int) else 0)  # as click's standalone mode does
     except typer.TyperException as err:  # the parser's own errors (typer's click): usage, bad values
         _usage_error(err)
     except typer.Abort:
