@@ -689,3 +689,18 @@ def test_cli_errors_are_one_line(adapters_cli: Callable[..., tuple[int, str, str
         str(tmp_path),
     )
     assert code == 2 and "config.json" in err
+
+
+@pytest.mark.parametrize(
+    "change", [{"r": "abc"}, {"peft_type": "PREFIX_TUNING"}, {"r": -4}, {"target_modules": 5}]
+)
+def test_a_damaged_adapter_config_is_one_error(
+    trained: AdapterLibrary, tmp_path: Path, change: dict[str, object]
+) -> None:
+    # issue "Nothing lost, nothing injected, no traceback": r "abc" or another PEFT type crashed export
+    library = copy_library(trained, tmp_path)
+    path = library.root / "prose" / CONFIG_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(LifelongError, match=CONFIG_FILE):
+        library.merge_and_unload("prose", tmp_path / "export")
+    assert not (tmp_path / "export").exists()

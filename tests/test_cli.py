@@ -83,8 +83,8 @@ def test_same_seed_gives_identical_matrices(cli, tmp_path: Path) -> None:
         (["--model", "mlp:hidden=wide"], "must be a number"),
         (["--benchmark", "permuted-digits", "--scenario", "task"], "fixed scenario"),
         (["--precision", "fp8"], "unknown precision 'fp8'; choose one of: no, bf16, fp16"),
-        (["--processes", "0"], "--processes must be at least 1"),
-        (["--threads", "0"], "--threads must be at least 1"),
+        (["--processes", "0"], "--processes must be between 1 and 4096, got 0"),
+        (["--threads", "0"], "--threads must be between 1 and 4096, got 0"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(cli, tmp_path: Path, args: list[str], phrase: str) -> None:

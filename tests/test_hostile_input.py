@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -183,16 +184,11 @@ def test_a_damaged_finished_strategy_is_refused(cli: Cli, unfinished: Path, dama
 # ---- case 5: a model folder whose weights are only pickles is refused unless allowed -----------------
 
 
-def test_a_model_folder_with_only_pickled_weights_is_refused(tmp_path: Path) -> None:
-    # case 5: a folder holding only pytorch_model.bin was unpickled by transformers
-    pytest.importorskip("peft")
+def pickled_model_folder(tmp_path: Path) -> tuple[Any, Path]:
+    """A tiny causal LM saved with its weights only as ``pytorch_model.bin`` (a pickle), with a tokenizer."""
     import torch
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from lifelong.adapters import AdapterLibrary
-    from lifelong.errors import LifelongError
-    from lifelong.llm.models import load_model
 
     config = LlamaConfig(vocab_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
     config.architectures = ["LlamaForCausalLM"]
@@ -200,16 +196,55 @@ def test_a_model_folder_with_only_pickled_weights_is_refused(tmp_path: Path) -> 
     config.save_pretrained(folder)
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     words = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()  # a token a word: text makes blocks
     PreTrainedTokenizerFast(tokenizer_object=words, eos_token="</s>", unk_token="<unk>").save_pretrained(
         folder
     )
+    return model, folder
 
+
+def test_a_model_folder_with_only_pickled_weights_is_refused(tmp_path: Path) -> None:
+    # case 5: a folder holding only pytorch_model.bin was unpickled by transformers
+    pytest.importorskip("peft")
+    import torch
+
+    from lifelong.adapters import AdapterLibrary
+    from lifelong.errors import LifelongError
+    from lifelong.llm.models import load_model
+
+    model, folder = pickled_model_folder(tmp_path)
     for load in (lambda: load_model(folder), lambda: AdapterLibrary(folder, tmp_path / "lib").base):
         with pytest.raises(LifelongError) as refused:
             load()
         message = str(refused.value)
-        assert str(folder) in message and "pytorch_model.bin" in message and "allow_pickle=True" in message
+        assert str(folder) in message and "pytorch_model.bin" in message and "--allow-pickle" in message
     loaded, _ = load_model(folder, allow_pickle=True)
     base = AdapterLibrary(folder, tmp_path / "lib", allow_pickle=True).base
     for opted_in in (loaded, base):
         assert torch.equal(opted_in.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_allow_pickle_on_the_command_line_is_kept_for_resume(cli: Cli, tmp_path: Path) -> None:
+    # case 5: the flag, on every command that loads a model folder; a run records it in run.json
+    from lifelong.llm.pretrain import PretrainRequest
+
+    _, folder = pickled_model_folder(tmp_path)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a b c d e f g h " * 50)
+    code, _, err = cli("perplexity", "--model", str(folder), "--data", str(corpus), "--block-size", "8")
+    assert "pass --allow-pickle" in one_line(code, err)
+    code, out, err = cli(
+        "perplexity", "--model", str(folder), "--data", str(corpus), "--block-size", "8", "--allow-pickle"
+    )
+    assert code == 0 and "perplexity" in out, err
+    run = ["pretrain", "--model", str(folder), "--corpus", str(corpus), "-s", "naive", "--block-size", "8"]
+    code, _, err = cli(*run, "--out", str(tmp_path / "refused"), "--no-progress")
+    assert "pass --allow-pickle" in one_line(code, err)
+    assert not (tmp_path / "refused").exists()
+    code, _, err = cli(
+        *run, "--epochs", "0.1", "--out", str(tmp_path / "run"), "--no-progress", "--allow-pickle"
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["allow_pickle"] is True
+    (tmp_path / "run" / "results.json").unlink()  # as if killed before its end: what --resume reads
+    assert PretrainRequest.from_saved(tmp_path / "run", None).allow_pickle

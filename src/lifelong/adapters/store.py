@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lifelong.adapters.peft_calls import _quiet_warnings
+from lifelong.adapters.records import checked_lora_config, wrongly_typed
 from lifelong.core.checkpoint import atomic_write_json, sha256_file
 from lifelong.errors import LifelongError
 
@@ -166,26 +167,27 @@ def read_meta(folder: Path) -> dict[str, Any]:
         raise LifelongError(
             f"{folder} has no {META_FILE}, so it was not saved by AdapterLibrary; retrain the adapter or delete the folder"
         ) from None
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         raise LifelongError(f"{path} is damaged; retrain the adapter or delete the folder") from None
+    wrong = wrongly_typed(meta)
+    if wrong is not None:
+        raise LifelongError(
+            f"{path}: '{wrong}' has the wrong kind of value; retrain the adapter or delete the folder"
+        )
     return meta
 
 
 def adapter_rank(folder: Path) -> int:
     """The largest LoRA rank in ``folder``'s ``adapter_config.json`` (its rank_pattern included)."""
-    path = folder / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-        pattern = config.get("rank_pattern") or {}
-        return max([int(config["r"]), *(int(v) for v in pattern.values())])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise LifelongError(f"{path} is damaged; retrain the adapter or delete it") from None
+    config = checked_lora_config(folder / CONFIG_FILE)
+    return max([int(config["r"]), *(int(v) for v in (config.get("rank_pattern") or {}).values())])
 
 
 def read_lora_config(folder: Path) -> LoraConfig:
     """``adapter_config.json`` as PEFT's LoraConfig, for inference."""
     from peft import LoraConfig
 
+    checked_lora_config(folder / CONFIG_FILE)
     try:
         config = LoraConfig.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as err:
@@ -259,26 +261,26 @@ def inspect_adapter(folder: Path, base_hash: str | None = None, base_name: str =
         meta = read_meta(folder)
     except LifelongError as err:
         return AdapterInfo(task, folder, problem=str(err))
-    lora = meta.get("lora", {})
+    lora = meta.get("lora") or {}
     weights = folder / WEIGHTS_FILE
     return AdapterInfo(
         task=task,
         path=folder,
-        kind=meta.get("kind", "trained"),
-        model_kind=meta.get("model_kind", ""),
+        kind=meta.get("kind") or "trained",
+        model_kind=meta.get("model_kind") or "",
         r=lora.get("r"),
         alpha=lora.get("alpha"),
-        target_modules=list(lora.get("target_modules", [])),
-        base_name=meta["base"].get("name", ""),
-        base_hash=meta["base"].get("config_hash", ""),
+        target_modules=list(lora.get("target_modules") or []),
+        base_name=meta["base"].get("name") or "",
+        base_hash=meta["base"].get("config_hash") or "",
         data_size=meta.get("data_size"),
         eval=meta.get("eval"),
-        parents=list(meta.get("parents", [])),
-        weights=list(meta.get("weights", [])),
+        parents=list(meta.get("parents") or []),
+        weights=list(meta.get("weights") or []),
         method=meta.get("method"),
         parameters=meta.get("parameters"),
         size_bytes=weights.stat().st_size if weights.is_file() else 0,
-        created=meta.get("created", ""),
+        created=meta.get("created") or "",
         problem=adapter_problem(folder, meta, base_hash, base_name),
     )
 
@@ -300,7 +302,10 @@ def delete_adapter(root: str | Path, task: str) -> None:
     folder = adapter_folder(Path(root), task)
     trash = folder.with_name(f".deleted-{task}-{os.getpid()}")
     os.replace(folder, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash.is_symlink():  # a linked adapter: the link goes, what it points to is not ours to delete
+        trash.unlink()
+    else:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 @contextlib.contextmanager

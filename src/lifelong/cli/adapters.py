@@ -25,6 +25,8 @@ from lifelong.adapters import (
     list_adapters,
     read_meta,
 )
+from lifelong.cli.options import AllowPickle
+from lifelong.data.jsonl import json_lines, parse_json
 from lifelong.errors import LifelongError
 from lifelong.report.text import safe_text, terminal, visible
 
@@ -49,12 +51,16 @@ Labels = Annotated[
 
 
 def _library(
-    base: Path, root: Path, kind: str | None = None, num_labels: int | None = None
+    base: Path,
+    root: Path,
+    kind: str | None = None,
+    num_labels: int | None = None,
+    allow_pickle: bool = False,
 ) -> AdapterLibrary:
 
     if kind not in (None, "causal-lm", "classification"):
         raise LifelongError(f"unknown --kind '{kind}'; use causal-lm or classification")
-    return AdapterLibrary(base, root, kind=kind, num_labels=num_labels)  # type: ignore[arg-type]
+    return AdapterLibrary(base, root, kind=kind, num_labels=num_labels, allow_pickle=allow_pickle)  # type: ignore[arg-type]
 
 
 def read_examples(path: Path) -> list[Any]:
@@ -66,17 +72,14 @@ def read_examples(path: Path) -> list[Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise LifelongError(f"cannot read {path}: {err}") from None
-    try:
-        if path.suffix == ".jsonl":
-            rows: list[Any] = [json.loads(line) for line in text.splitlines() if line.strip()]
-        elif path.suffix == ".json":
-            rows = json.loads(text)
-            if not isinstance(rows, list):
-                raise ValueError("a .json data file must hold a list of examples")
-        else:
-            rows = [line for line in text.splitlines() if line.strip()]
-    except ValueError as err:
-        raise LifelongError(f"{path} is not valid {path.suffix[1:] or 'text'}: {err}") from None
+    if path.suffix == ".jsonl":
+        rows: list[Any] = [parse_json(line, f"{path} line {n}") for n, line in json_lines(text)]
+    elif path.suffix == ".json":
+        rows = parse_json(text, str(path), "fix its syntax")
+        if not isinstance(rows, list):
+            raise LifelongError(f"{path} must hold a JSON list of examples")
+    else:
+        rows = [line for _, line in json_lines(text)]
     if not rows:
         raise LifelongError(f"{path} has no examples")
     return rows
@@ -87,9 +90,9 @@ def _echo_json(value: Any) -> None:
 
 
 def _eval_text(info: AdapterInfo) -> str:
-    if not info.eval:
+    if not info.eval or info.eval.get("value") is None:
         return "—"
-    return safe_text(f"{info.eval.get('metric')} {info.eval.get('value'):.3g}")
+    return safe_text(f"{info.eval.get('metric')} {info.eval['value']:.3g}")
 
 
 def _table(infos: list[AdapterInfo], title: str) -> Table:
@@ -132,10 +135,15 @@ def list_command(
     kind: Kind = None,
     num_labels: Labels = None,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """The adapters in --root: rank, targets, data size, eval score, size, and any problem."""
 
-    infos = _library(base, root, kind, num_labels).list() if base is not None else list_adapters(root)
+    infos = (
+        _library(base, root, kind, num_labels, allow_pickle).list()
+        if base is not None
+        else list_adapters(root)
+    )
     if json_:
         _echo_json([i.to_json() for i in infos])
     elif not infos:
@@ -196,9 +204,10 @@ def train(
         bool, typer.Option("--overwrite", help="Replace an existing adapter for TASK.")
     ] = False,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Train one LoRA adapter for TASK on the frozen --base and save it in --root/TASK."""
-    library = _library(base, root, kind, num_labels)
+    library = _library(base, root, kind, num_labels, allow_pickle)
     lora: dict[str, Any] = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout}
     if targets:
         lora["target_modules"] = [t.strip() for t in targets.split(",") if t.strip()]
@@ -239,6 +248,7 @@ def merge(
     ] = None,
     density: Annotated[float | None, typer.Option(help="Share kept by ties/dare/magnitude_prune.")] = None,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Merge adapters into a new one (PEFT add_weighted_adapter) and save it like any other."""
     parsed = None
@@ -247,7 +257,7 @@ def merge(
             parsed = [float(w) for w in weights.split(",")]
         except ValueError:
             raise LifelongError(f"--weights must be comma-separated numbers, got '{weights}'") from None
-    info = _library(base, root).merge(tasks, parsed, method, name, density=density)  # type: ignore[arg-type]
+    info = _library(base, root, allow_pickle=allow_pickle).merge(tasks, parsed, method, name, density=density)  # type: ignore[arg-type]
     if json_:
         _echo_json(info.to_json())
     else:
@@ -268,6 +278,7 @@ def route(
     kind: Kind = None,
     num_labels: Labels = None,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Pick the adapter for each example: lowest loss (causal LM) or highest confidence (classifier)."""
     examples: list[Any] = list(text or [])
@@ -276,7 +287,7 @@ def route(
     if not examples:
         raise LifelongError("nothing to route; give --text or --data")
     candidates = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    result = _library(base, root, kind, num_labels).route(examples, candidates)
+    result = _library(base, root, kind, num_labels, allow_pickle).route(examples, candidates)
     if json_:
         _echo_json(result.to_json())
         return
@@ -302,9 +313,10 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Output folder.  [default: ROOT/_exports/TASK]")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
     json_: Json = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Fold TASK's adapter into the base and write a standalone model folder (no PEFT needed)."""
-    path = _library(base, root).merge_and_unload(task, out, overwrite=overwrite)
+    path = _library(base, root, allow_pickle=allow_pickle).merge_and_unload(task, out, overwrite=overwrite)
     if json_:
         _echo_json({"task": task, "path": str(path)})
     else:

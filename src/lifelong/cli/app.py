@@ -12,8 +12,9 @@ from typer.core import TyperOption
 
 from lifelong.cli import llm as cli_llm
 from lifelong.cli.adapters import adapters_app
-from lifelong.cli.options import TrainingOptions, training_command
+from lifelong.cli.options import THREADS_MAX, TrainingOptions, training_command
 from lifelong.core.distributed import is_main_process, launch, shutdown, without_option, world_size
+from lifelong.core.settings import check_count
 from lifelong.data import BENCHMARKS
 from lifelong.errors import LifelongError
 from lifelong.experiment.run import run_experiment
@@ -72,8 +73,7 @@ def run(
 
     options.set_threads()
     if processes != 1:
-        if processes < 1:
-            raise LifelongError(f"--processes must be at least 1, got {processes}")
+        check_count("--processes", processes, high=THREADS_MAX)
         if world_size() > 1:
             raise LifelongError(
                 "--processes launches the processes itself; drop it under accelerate launch or torchrun"
@@ -137,16 +137,59 @@ def _without_type_column(command: Any) -> None:
         _without_type_column(sub)
 
 
+_OUT_OF_MEMORY = "out of memory; choose smaller sizes (model, batch, buffer, data)"
+
+
+def _fail(message: str, status: int = 2) -> None:
+    """One red line (from the main process: every process of a multi-process run meets the same error)
+    and exit ``status``."""
+    if is_main_process():
+        err_console.print(f"[bold red]error:[/] {safe_text(message)}", highlight=False, soft_wrap=True)
+    sys.exit(status)
+
+
+def _usage_error(err: typer.TyperException) -> None:
+    """A usage error in one line with where to read the command's help (or the help itself when a
+    command group is given no command)."""
+    ctx = getattr(err, "ctx", None)
+    status = int(getattr(err, "exit_code", 2))
+    if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        console.print(ctx.get_help(), markup=False, highlight=False)
+        sys.exit(status)
+    message = " ".join(str(getattr(err, "format_message", err.__str__)()).split()).rstrip(".")
+    _fail(message + (f"; see {ctx.command_path} --help" if ctx is not None else ""), status)
+
+
+def _os_problem(err: OSError) -> str:
+    names = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None)
+    reason = err.strerror or type(err).__name__
+    return f"cannot use {names}: {reason}" if names else f"the file system refused: {err}"
+
+
 def main() -> None:
     """Entry point: user errors become one red line and exit status 2, never a traceback."""
     try:
         command = typer.main.get_command(app)
         _without_type_column(command)
-        command(prog_name="lifelong")
+        # Not standalone: click's own usage errors (a flag that is not a number, an unknown option) come
+        # here too, to be said in one line like every other error.
+        status = command.main(prog_name="lifelong", standalone_mode=False)
+        sys.exit(status if isinstance(status, int) else 0)  # as click's standalone mode does
+    except typer.TyperException as err:  # the parser's own errors (typer's click): usage, bad values
+        _usage_error(err)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
     except LifelongError as err:
-        if is_main_process():  # every process of a multi-process run meets the same error
-            err_console.print(f"[bold red]error:[/] {safe_text(err)}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(err))
+    except OSError as err:  # the file system refused: a path under a file, too long, read-only, full
+        _fail(f"{_os_problem(err)}; check the path, its permissions and the free space")
+    except MemoryError:
+        _fail(_OUT_OF_MEMORY)
+    except RuntimeError as err:  # torch's allocators say so in a RuntimeError
+        if "can't allocate memory" not in str(err) and "out of memory" not in str(err):
+            raise
+        _fail(_OUT_OF_MEMORY)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
         sys.exit(130)

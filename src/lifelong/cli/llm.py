@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from lifelong.cli.options import TrainingOptions, training_command
+from lifelong.cli.options import AllowPickle, TrainingOptions, training_command
+from lifelong.core.settings import check_count
 from lifelong.errors import LifelongError
 from lifelong.llm.corpora import load_corpus
 from lifelong.llm.data import pack
@@ -95,6 +96,7 @@ def perplexity(
     ] = "text",
     lines: Annotated[bool, typer.Option("--lines", help="Each line of a .txt file is one document.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Perplexity of a causal LM on each text (lower is better), as a table."""
     import torch
@@ -103,12 +105,19 @@ def perplexity(
         raise LifelongError(f"--split is 'all' or 'heldout', got '{split}'")
     if device not in ("auto", "cpu", "cuda"):
         raise LifelongError(f"--device must be auto, cpu or cuda, got '{device}'")
+    check_count("--block-size", block_size, low=2)
+    check_count("--batch-size", batch_size)
+    check_count("--max-blocks", max_blocks)
     defaults = TINY_DEFAULTS if is_tiny_llama(model) else MODEL_DEFAULTS
-    size = block_size or _trained_block_size(resolve_model_folder(model)) or defaults["block_size"]
+    size = (
+        block_size
+        if block_size is not None
+        else _trained_block_size(resolve_model_folder(model)) or defaults["block_size"]
+    )
     corpora = [
         load_corpus(d, text_field=text_field, one_doc_per_line=lines) for d in data or ["prose", "code"]
     ]
-    loaded, tokenizer = load_model(model)
+    loaded, tokenizer = load_model(model, allow_pickle=allow_pickle)
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
         raise LifelongError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")

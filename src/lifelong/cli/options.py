@@ -13,8 +13,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from lifelong.core.settings import option_fields
+from lifelong.core.settings import check_count, option_fields
 from lifelong.errors import LifelongError
+from lifelong.models.hf import ALLOW_PICKLE_HELP
 from lifelong.runs.settings_file import load_settings_file, make_settings
 
 # ---- options shared by the commands that train -------------------------------------------------------
@@ -34,8 +35,10 @@ Resume = Annotated[
     typer.Option(help="Continue the unfinished run in this folder after its last complete task."),
 ]
 ShowProgress = Annotated[bool, typer.Option(help="Show progress bars.")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help=ALLOW_PICKLE_HELP)]
 
 Settings = TypeVar("Settings")
+THREADS_MAX = 4096  # more than any machine has cores; torch cannot take a count past an int
 
 
 @dataclass
@@ -65,8 +68,7 @@ class TrainingOptions:
         threads = self.threads if self.threads is not None else default
         if threads is None:
             return
-        if threads < 1:
-            raise LifelongError(f"--threads must be at least 1, got {threads}")
+        check_count("--threads", threads, high=THREADS_MAX)
         import torch  # deferred: `lifelong --help` loads no torch
 
         torch.set_num_threads(threads)

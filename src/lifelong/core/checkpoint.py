@@ -7,7 +7,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,13 @@ def _listed(name: Any) -> bool:
     return isinstance(name, str) and not Path(name).is_absolute() and ".." not in Path(name).parts
 
 
+# Only the newest task's checkpoint is kept, so a damaged one leaves no earlier task to go back to.
+_NO_RESUME = (
+    "it is the only checkpoint kept, so this strategy cannot resume: delete {0} to train it again "
+    "from its first task, or start a new run"
+)
+
+
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Verify the manifest's checksums, then load tensors (safetensors, never pickle) and JSON state."""
     from safetensors import SafetensorError
@@ -169,23 +177,42 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             raise ValueError("unknown format")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise LifelongError(
-            f"checkpoint {folder} has no valid {MANIFEST_FILE}; delete the folder to resume from an earlier task"
+            f"checkpoint {folder} has no valid {MANIFEST_FILE}; {_NO_RESUME.format(folder.parent)}"
         ) from None
     for name, expected in files.items():
         path = folder / name
         if not path.is_file() or sha256_file(path) != expected:
             raise LifelongError(
                 f"checkpoint file {path} does not match its checksum in {MANIFEST_FILE} (changed or truncated); "
-                "delete the folder to resume from an earlier task"
+                + _NO_RESUME.format(folder.parent)
             )
     try:
         tensors = load((folder / TENSORS_FILE).read_bytes())
         state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    except (SafetensorError, ValueError, UnicodeDecodeError) as err:
+    except (SafetensorError, ValueError, UnicodeDecodeError, RecursionError) as err:
         raise LifelongError(
-            f"checkpoint {folder} cannot be read ({err}); delete it to resume from an earlier task"
+            f"checkpoint {folder} cannot be read ({err}); {_NO_RESUME.format(folder.parent)}"
         ) from None
+    if not isinstance(state, dict):
+        raise LifelongError(
+            f"checkpoint {folder}'s {STATE_FILE} is not a mapping; {_NO_RESUME.format(folder.parent)}"
+        )
     return tensors, state
+
+
+@contextmanager
+def restoring(folder: Path) -> Iterator[None]:
+    """Around loading a checkpoint's content into a model and strategies: a checkpoint whose checksums
+    match can still hold the wrong things (a file written by hand, another version): a missing key, a
+    value of the wrong kind, a tensor of the wrong shape. Each is one `LifelongError`, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        detail = (str(err).strip().splitlines() or [""])[0][:160]
+        raise LifelongError(
+            f"checkpoint {folder} does not hold the state this run saves ({type(err).__name__}: {detail}); "
+            + _NO_RESUME.format(folder.parent)
+        ) from None
 
 
 def latest_checkpoint(strategy_dir: Path) -> Path | None:

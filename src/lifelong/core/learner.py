@@ -48,6 +48,20 @@ class FitResult:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        # A result read back from a checkpoint is only as sound as the file: check its kinds.
+        rows = self.matrix if isinstance(self.matrix, list) else [None]
+        if not all(isinstance(row, list) and all(map(_is_score, row)) for row in rows) or not (
+            isinstance(self.initial_scores, list) and all(map(_is_score, self.initial_scores))
+        ):
+            raise TypeError("the scores must be lists of numbers")
+        if not (isinstance(self.task_names, list) and all(isinstance(n, str) for n in self.task_names)):
+            raise TypeError("the task names must be a list of strings")
+
+
+def _is_score(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
 
 class Learner:
     """Trains one model on a stream of tasks, applying strategies through their hooks.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -22,13 +23,15 @@ def setting(
     *flags: str,
     factory: Callable[[], Any] | None = None,
     from_file: Callable[[Any, Path], Any] | None = None,
+    limits: tuple[float | None, float | None] = (None, None),
 ) -> Any:
     """A settings field: its default, the help line of its option, and its flag names (default:
     ``--field-name``). Fields declared without `setting` are not command-line options.
 
     ``from_file(value, path)`` turns the value a settings file gives into the field's (for richer YAML,
-    such as strategies written as mappings)."""
-    metadata = {"help": help, "flags": flags, "from_file": from_file}
+    such as strategies written as mappings). ``limits`` bound a number from below and above (inclusive;
+    None: no bound), checked by `check_types` with the other checks every setting gets."""
+    metadata = {"help": help, "flags": flags, "from_file": from_file, "limits": limits}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -49,6 +52,14 @@ def option_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
     return [(f, hints[f.name]) for f in sorted(fields, key=declared_in)]
 
 
+# numpy and scikit-learn take seeds in [0, 2**32).
+SEED_MAX = 2**32 - 1
+# Sizes and counts beyond this are typing mistakes, and torch cannot hold them in an int64 anyway.
+COUNT_MAX = 10**9
+# Ten thousand passes over one task is far past any use; more is a slip of the keyboard that would run for ever.
+EPOCHS_MAX = 10_000
+
+
 @dataclass
 class CommonSettings:
     """The settings every command that trains shares (`lifelong run`, `pretrain`, `finetune`), declared
@@ -56,7 +67,9 @@ class CommonSettings:
 
     out: str | None = setting(None, "Run folder.  \\[default: a new folder in runs/]")
     overwrite: bool = setting(False, "Reuse a folder with a finished run.", "--overwrite")
-    seed: int = setting(0, "Seed for data splits and order, initial weights and sampling.")
+    seed: int = setting(
+        0, "Seed for data splits and order, initial weights and sampling.", limits=(0, SEED_MAX)
+    )
     device: str = setting("auto", "auto, cpu or cuda.")
 
 
@@ -64,10 +77,13 @@ _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "tex
 
 
 def check_types(settings: Any) -> None:
-    """YAML and saved run files can hold anything: check each value's kind before using it."""
+    """YAML, saved run files and flags can hold anything: check each value's kind and range before using
+    it. Every number must be finite, every integer at most `COUNT_MAX` in size, and within its field's
+    ``limits``."""
+    hints = typing.get_type_hints(type(settings))
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
-        expected = typing.get_type_hints(type(settings))[f.name]
+        expected = hints[f.name]
         optional = typing.get_origin(expected) in (typing.Union, types.UnionType)
         kinds = [k for k in typing.get_args(expected) if k is not type(None)] if optional else [expected]
         if value is None and optional:
@@ -75,6 +91,38 @@ def check_types(settings: Any) -> None:
         if not any(_is_kind(value, kind) for kind in kinds):
             wanted = " or ".join(_KINDS.get(k, "a list of names") for k in kinds)
             raise LifelongError(f"'{f.name}' must be {wanted}, got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            _check_range(f, value)
+
+
+def _check_range(field: dataclasses.Field[Any], value: float) -> None:
+    flag = (field.metadata.get("flags") or (f"--{field.name.replace('_', '-')}",))[0]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LifelongError(f"{flag} must be a finite number, got {value}")
+    low, high = field.metadata.get("limits", (None, None))
+    if isinstance(value, int) and abs(value) > COUNT_MAX and high is None:
+        raise LifelongError(f"{flag} must be at most {COUNT_MAX:,} in size, got {shown(value)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = (
+            f"at most {shown(high)}"
+            if low is None
+            else f"between {shown(low)} and {shown(high or COUNT_MAX)}"
+        )
+        default = "" if field.default in (None, dataclasses.MISSING) else f"; the default is {field.default}"
+        raise LifelongError(f"{flag} must be {span}, got {shown(value)}{default}")
+
+
+def check_count(flag: str, value: int | None, low: int = 1, high: int = COUNT_MAX) -> None:
+    """A count given as a plain option (not a settings field) is in ``[low, high]``; None is "not given"."""
+    if value is not None and not low <= value <= high:
+        raise LifelongError(f"{flag} must be between {shown(low)} and {shown(high)}, got {shown(value)}")
+
+
+def shown(number: float) -> str:
+    """A number as an error line shows it: whole, unless it is too long to read (or for `str`)."""
+    if isinstance(number, int) and abs(number) >= 10**15:
+        return f"{'-' if number < 0 else ''}about 10^{int(abs(number).bit_length() * math.log10(2))}"
+    return repr(number) if isinstance(number, float) else str(number)
 
 
 def _is_kind(value: Any, kind: Any) -> bool:

@@ -8,12 +8,14 @@ One grammar serves strategies (``replay:buffer_size=200+ewc:lambda=100``), bench
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
+from lifelong.core.settings import COUNT_MAX, shown
 from lifelong.errors import LifelongError
 
 
@@ -41,7 +43,10 @@ def parse_spec(text: str) -> Spec:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise LifelongError(f"option '{item}' in '{text}' is not key=value; write it as {name}:key=value")
-        options[key.strip().replace("-", "_")] = value.strip()
+        key = key.strip().replace("-", "_")
+        if key in options:
+            raise LifelongError(f"option '{key}' is given twice in '{text}'; keep one")
+        options[key] = value.strip()
     return Spec(name, options)
 
 
@@ -125,7 +130,7 @@ def _cast(raw: Any, default: Any, hint: Any, where: str) -> Any:
             return float(raw)
         if kind is not None and not isinstance(raw, kind):
             raise LifelongError(f"{where} must be {kind.__name__}, got {raw!r}")
-        return raw
+        return _checked_number(raw, where) if isinstance(raw, int | float) else raw
     if isinstance(default, bool):
         lowered = raw.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -136,13 +141,23 @@ def _cast(raw: Any, default: Any, hint: Any, where: str) -> Any:
     for kind in (int, float) if default is None else (type(default),):
         if kind in (int, float):
             try:
-                return kind(raw)
+                return _checked_number(kind(raw), where)
             except ValueError:
                 if default is not None:
                     raise LifelongError(f"{where} must be a number ({kind.__name__}), got '{raw}'") from None
     if default is None and raw.lower() in ("none", "null"):
         return None
     return raw
+
+
+def _checked_number(number: float, where: str) -> float:
+    """Every numeric option is finite and an integer (a count, a size) fits `COUNT_MAX`: inf, nan or 10**20 would only fail
+    later, deep inside training."""
+    if isinstance(number, float) and not math.isfinite(number):
+        raise LifelongError(f"{where} must be a finite number, got {number}")
+    if isinstance(number, int) and abs(number) > COUNT_MAX:
+        raise LifelongError(f"{where} must be at most {COUNT_MAX:,} in size, got {shown(number)}")
+    return number
 
 
 def _literal_choices(hint: Any) -> tuple[Any, ...]:

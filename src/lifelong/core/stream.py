@@ -134,6 +134,10 @@ def split_by_classes(
     return Stream(name, tasks, scenario, n, tuple(x.shape[1:]), class_names or [], default_model)
 
 
+# Each task holds its own permuted copy of the data: a thousand copies is far past any experiment.
+PERMUTED_TASKS_MAX = 1000
+
+
 def permuted(
     name: str,
     x: np.ndarray,
@@ -149,8 +153,10 @@ def permuted(
 
     The first task is left unpermuted so that task 0 is the original problem.
     """
-    if num_tasks < 1:
-        raise LifelongError(f"a permuted stream needs at least 1 task, got {num_tasks}")
+    if not 1 <= num_tasks <= PERMUTED_TASKS_MAX:
+        raise LifelongError(
+            f"a permuted stream has 1 to {PERMUTED_TASKS_MAX} tasks, got {num_tasks}; try tasks=10"
+        )
     rng = np.random.default_rng(seed)
     flat = x.reshape(len(x), -1)
     classes = sorted(int(c) for c in np.unique(y))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, split_train_test
-from lifelong.data.folders import data_files
+from lifelong.data.folders import data_files, not_a_file
 from lifelong.errors import LifelongError
 
 READERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -153,6 +153,8 @@ def _read_table(path: Path, label_column: str) -> pd.DataFrame:
         raise LifelongError(
             f"'{path}' has an unsupported extension '{path.suffix}'; use one of: {_SUPPORTED}"
         )
+    if not path.is_file():  # a pipe would read as empty, or block
+        raise LifelongError(f"'{path}' is {not_a_file(path)}; give a data file or a folder of them")
     if path.stat().st_size == 0:
         raise LifelongError(f"'{path}' is empty; give it a header and rows of data")
     try:
@@ -186,7 +188,19 @@ def _read_table(path: Path, label_column: str) -> pd.DataFrame:
             f"'{path}': label column '{label_column}' is empty in {missing} row(s); "
             "fill in or drop those rows"
         )
+    _check_plain_values(table[label_column], f"'{path}': label column '{label_column}'")
     return table
+
+
+def _check_plain_values(column: pd.Series, what: str) -> None:
+    """Labels and task names are plain values: a list or mapping in a cell (JSON ``[1]``, a Parquet
+    struct) names no class."""
+    nested = column.map(lambda value: isinstance(value, list | tuple | dict | np.ndarray))
+    if nested.any():
+        row = int(np.flatnonzero(nested.to_numpy())[0])
+        raise LifelongError(
+            f"{what} holds a list or mapping in row {row + 1}; give each row one number or name there"
+        )
 
 
 def _starts_with(path: Path, char: str) -> bool:
@@ -210,6 +224,7 @@ def _split_by_task_column(
         raise LifelongError(
             f"'{path}': task column '{task_column}' is empty in {missing} row(s); fill in or drop those rows"
         )
+    _check_plain_values(tasks, f"'{path}': task column '{task_column}'")
     return [(str(value), str(path), table[tasks == value]) for value in pd.unique(tasks)]
 
 

@@ -8,6 +8,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from lifelong.errors import LifelongError
+
 
 def natural_key(path: Path) -> list[Any]:
     """Sort key: digit runs compare as numbers, the rest case-insensitively."""
@@ -18,4 +20,21 @@ def data_files(folder: Path, suffixes: Collection[str], *, recursive: bool = Fal
     """The files in ``folder`` (and its subfolders, with ``recursive``) whose suffix, in lower case, is
     one of ``suffixes``, in natural order."""
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted((p for p in found if p.is_file() and p.suffix.lower() in suffixes), key=natural_key)
+    named = [p for p in found if p.suffix.lower() in suffixes]
+    for path in named:  # a name that promises data but holds none is said, not skipped in silence
+        if not path.is_file() and not (recursive and path.is_dir()):
+            raise LifelongError(
+                f"'{path}' is named like a data file but is {not_a_file(path)}; remove or rename it"
+            )
+    return sorted((p for p in named if p.is_file()), key=natural_key)
+
+
+def not_a_file(path: Path) -> str:
+    """What ``path`` is instead of a regular file, in words."""
+    if path.is_symlink() and not path.exists():
+        return "a broken link (or a loop of links)"
+    if path.is_dir():
+        return "a folder"
+    if path.exists():
+        return "not a regular file (a pipe, socket or device)"
+    return "missing"

@@ -26,6 +26,7 @@ from lifelong.core.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     read_checked_json,
+    restoring,
     save_checkpoint,
     write_checked_json,
 )
@@ -188,8 +189,9 @@ def _restore(
             f"checkpoint {checkpoint} was written by {state.get('processes', 1)} processes, this run has "
             f"{processes.world}; resume with --processes {state.get('processes', 1)}"
         )
-    learner.restore_state(tensors, state["learner"], stream)
-    return FitResult(**state["result"])
+    with restoring(own):
+        learner.restore_state(tensors, state["learner"], stream)
+        return FitResult(**state["result"])
 
 
 def _checkpoint(

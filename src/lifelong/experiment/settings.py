@@ -9,7 +9,7 @@ from typing import Any
 
 from lifelong.core.distributed import PRECISIONS
 from lifelong.core.learner import OPTIMIZERS
-from lifelong.core.settings import CommonSettings, check_types, setting
+from lifelong.core.settings import EPOCHS_MAX, CommonSettings, check_types, setting
 from lifelong.core.stream import SCENARIOS
 from lifelong.errors import LifelongError
 from lifelong.runs.settings_file import compositions_from_file, load_settings_file, make_settings
@@ -36,7 +36,7 @@ class RunConfig(CommonSettings):
         from_file=compositions_from_file,
     )
     model: str | None = setting(None, "Model: mlp, cnn1d, with options 'mlp:hidden=512'.")
-    epochs: int = setting(10, "Epochs per task.")
+    epochs: int = setting(10, "Epochs per task.", limits=(None, EPOCHS_MAX))
     batch_size: int = setting(32, "Batch size.")
     lr: float = setting(1e-3, "Learning rate (the schedule's peak).")
     optimizer: str = setting("adam", "sgd, adam or adamw.")

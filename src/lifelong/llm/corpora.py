@@ -10,7 +10,6 @@ documents (or instruction records) into train and held-out parts the same way ev
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sysconfig
@@ -20,7 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lifelong.data.folders import data_files
+from lifelong.data.folders import data_files, not_a_file
+from lifelong.data.jsonl import json_lines, parse_json
 from lifelong.data.text import pydoc_paragraphs
 from lifelong.errors import LifelongError
 
@@ -102,12 +102,14 @@ def _read_file(path: Path, text_field: str, one_doc_per_line: bool) -> list[str]
     if suffix == ".jsonl":
         return _read_jsonl(path, text, text_field)
     if one_doc_per_line:
-        return [line for line in text.splitlines() if line.strip()]
+        return [line for _, line in json_lines(text)]
     return [text] if text.strip() else []
 
 
 def read_text(path: Path) -> str:
     """UTF-8 text, or a `LifelongError` for binary files (a NUL byte, or bytes that are not UTF-8)."""
+    if not path.is_file():  # reading a pipe would block until something writes to it
+        raise LifelongError(f"{path} is {not_a_file(path)}; pass a text file")
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
         raise LifelongError(f"{path} is not a text file (it holds binary data); pass UTF-8 text")
@@ -121,13 +123,8 @@ def read_text(path: Path) -> str:
 
 def _read_jsonl(path: Path, text: str, field: str) -> list[str]:
     documents = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise LifelongError(f"{path} line {number} is not valid JSON; fix or remove that line") from None
+    for number, line in json_lines(text):
+        row = parse_json(line, f"{path} line {number}")
         if not isinstance(row, dict) or field not in row:
             keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
             raise LifelongError(

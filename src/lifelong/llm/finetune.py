@@ -102,6 +102,7 @@ class FinetuneRequest:
     metric: str | Metric | None = None
     tensorboard: bool = False
     watch: list[str] | None = None  # None: by model (general for a pretrained chat model)
+    allow_pickle: bool = False  # kept in run.json: a resumed run loads the model as the run did
 
     def saved(self) -> dict[str, Any]:
         def named(sources: list[TaskSource]) -> list[str | None]:
@@ -155,6 +156,7 @@ def finetune(
     progress: bool = False,
     tensorboard: bool = False,
     watch: str | Path | Sequence[str | Path] | None = None,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on each task of ``data`` in turn, once per strategy composition; write ``out``.
 
@@ -170,8 +172,9 @@ def finetune(
     logs each task's scores to TensorBoard. ``watch``: watch sets (`lifelong.llm.watchsets`), JSONL
     files or ``general``, scored whole before the first task and after every task and never trained
     on (default: ``general`` for a pretrained chat model, else none; ``[]`` or ``"none"``: none).
-    Returns the results document (also ``out/results.json``); an unfinished run continues with
-    `resume_finetune`.
+    ``allow_pickle`` also loads a model folder whose weights are only pickles (see
+    `lifelong.models.hf.weights_format`). Returns the results document (also ``out/results.json``);
+    an unfinished run continues with `resume_finetune`.
     """
     if strategies is None:
         strategies = ["replay"] if replay is not None else ["naive"]
@@ -196,6 +199,7 @@ def finetune(
         watch=None
         if watch is None
         else [str(w) for w in ([watch] if isinstance(watch, str | Path) else watch)],
+        allow_pickle=allow_pickle,
     )
     return _finetune(request, Path(out), console, progress, overwrite=overwrite)
 
@@ -222,6 +226,7 @@ def run_finetune_config(
         progress=progress,
         tensorboard=config.tensorboard,
         watch=config.eval or None,
+        allow_pickle=config.allow_pickle,
     )
 
 
@@ -263,7 +268,7 @@ def _finetune(
         request.settings, request.model, LORA_LR if request.lora else DEFAULT_LR
     )
     named, known, given_records = _read_tasks(request, plans)
-    base, tokenizer = load_model(request.model)
+    base, tokenizer = load_model(request.model, allow_pickle=request.allow_pickle)
     check_chat_template(
         tokenizer, [r for t in named for r in (*t.train, *t.heldout)] + list(given_records), request.model
     )
@@ -304,7 +309,12 @@ def _finetune(
         shared = None
         if is_tiny_llama(request.model) and lora is None and not known:
             shared = job.shared_first(base)
-        supply = ModelSupply(request.model, None if shared is not None else base, device_of(settings))
+        supply = ModelSupply(
+            request.model,
+            None if shared is not None else base,
+            device_of(settings),
+            allow_pickle=request.allow_pickle,
+        )
         del base
         results = [job.composition(i, plan, supply, shared, request.merge) for i, plan in enumerate(plans)]
         config = {

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 
+from lifelong.data.jsonl import json_lines, parse_json
 from lifelong.errors import LifelongError
 from lifelong.llm.corpora import read_text, split_documents
 
@@ -113,19 +114,15 @@ def read_records(path: str | Path, prompts_only: bool = False) -> list[Record]:
             f"instruction data {path} {what}; pass a .jsonl file with one {FORMATS} record per line, or skills"
         )
     records = []
-    for number, line in enumerate(read_text(path).splitlines(), 1):
-        if line.strip():
-            records.append(parse_record(line, f"{path} line {number}", prompts_only))
+    for number, line in json_lines(read_text(path)):
+        records.append(parse_record(line, f"{path} line {number}", prompts_only))
     if not records:
         raise LifelongError(f"{path} has no records; give one {FORMATS} JSON object per line")
     return records
 
 
 def parse_record(line: str, where: str, prompts_only: bool = False) -> Record:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        raise LifelongError(f"{where} is not valid JSON; fix or remove that line") from None
+    row = parse_json(line, where)
     if not isinstance(row, dict):
         raise LifelongError(f"{where} is a JSON {type(row).__name__}, not an object with {FORMATS}")
     if "messages" in row:
@@ -195,8 +192,8 @@ def _string(row: Mapping[str, Any], key: str, where: str) -> str:
     value = row[key]
     if not isinstance(value, str):
         raise LifelongError(f"{where}: '{key}' holds {type(value).__name__}, not text")
-    if key != "prompt" and not value.strip():
-        raise LifelongError(f"{where}: '{key}' is empty; there is nothing to learn from it")
+    if not value.strip():  # an empty prompt leaves a model whose tokenizer adds no BOS nothing to go on
+        raise LifelongError(f"{where}: '{key}' is empty; give it text, or use a {{text}} record instead")
     return value
 
 
@@ -217,6 +214,11 @@ def _messages(value: Any, where: str, need_answer: bool = True) -> tuple[Mapping
             f"{where}: the messages have no assistant turn, so there is nothing to learn; "
             'add the answer as {"role": "assistant", "content": ...}'
         )
+    empty = next(
+        (i for i, m in enumerate(value) if m["role"] == "assistant" and not m["content"].strip()), None
+    )
+    if empty is not None:  # as an empty 'completion' is: an empty answer scores 1.0 and teaches nothing
+        raise LifelongError(f"{where}: message {empty} is an empty assistant turn; give it the answer's text")
     return tuple(value)
 
 

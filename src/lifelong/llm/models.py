@@ -149,6 +149,11 @@ def _complete(folder: Path) -> bool:
 def _tiny_options(
     vocab_size: int = 2048, hidden: int = 128, layers: int = 2, heads: int = 4, seed: int = 0
 ) -> dict[str, Any]:
+    # A demo model: bounds far past any use of it, so a slip of the keyboard is not hours of building.
+    sizes = {"vocab_size": (vocab_size, 64, 65536), "hidden": (hidden, 8, 4096), "layers": (layers, 1, 64)}
+    for name, (value, low, high) in {**sizes, "heads": (heads, 1, 64)}.items():
+        if not low <= value <= high:
+            raise LifelongError(f"tiny-llama option {name} must be between {low} and {high}, got {value}")
     return {"vocab_size": vocab_size, "hidden": hidden, "layers": layers, "heads": heads, "seed": seed}
 
 

@@ -112,6 +112,7 @@ class PretrainRequest:
     one_doc_per_line: bool = False
     tensorboard: bool = False
     watch: list[str] | None = None  # None: by model (general for a pretrained chat model)
+    allow_pickle: bool = False  # kept in run.json: a resumed run loads the model as the run did
 
     def saved(self) -> dict[str, Any]:
         return {
@@ -145,6 +146,7 @@ def run_pretrain(
     tensorboard: bool = False,
     progress: bool = False,
     watch: Sequence[str | Path] | None = None,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on each corpus in turn, once per strategy composition; write the run folder.
 
@@ -157,6 +159,8 @@ def run_pretrain(
     ``progress`` shows the Trainer's progress bar while a task trains. ``watch``: watch sets
     (`lifelong.llm.watchsets`: JSONL files or ``general``) scored before the first domain and after each,
     never trained on (default: ``general`` for a pretrained chat model, else none; ``[]``: none).
+    ``allow_pickle`` also loads a model folder whose weights are only pickles (see
+    `lifelong.models.hf.weights_format`).
     Returns the results document (also ``results.json``); an unfinished run continues with
     `resume_pretrain`.
     """
@@ -170,6 +174,7 @@ def run_pretrain(
         one_doc_per_line,
         tensorboard,
         None if watch is None else [str(w) for w in watch],
+        allow_pickle,
     )
     return _pretrain(request, Path(out), console, overwrite=overwrite, progress=progress)
 
@@ -193,6 +198,7 @@ def run_pretrain_config(
         tensorboard=config.tensorboard,
         progress=progress,
         watch=config.eval or None,
+        allow_pickle=config.allow_pickle,
     )
 
 
@@ -230,7 +236,9 @@ def _pretrain(
         raise LifelongError(
             "no corpus given; pass --corpus at least once (or none for the built-in prose, code)"
         )
-    base, tokenizer = load_model(request.model)  # fails on a bad folder before the run folder is touched
+    base, tokenizer = load_model(
+        request.model, allow_pickle=request.allow_pickle
+    )  # fails on a bad folder before the run folder is touched
     loaded: list[Corpus | PackedCorpus] = [
         load_corpus(s, text_field=request.text_field, one_doc_per_line=request.one_doc_per_line)
         if isinstance(s, str | Path)
@@ -257,7 +265,9 @@ def _pretrain(
         shared = job.shared_first(base) if is_tiny_llama(request.model) else None
         # Your own model: the first composition trains the loaded copy, later ones reload it, so one
         # model (not two) is in memory at a time.
-        supply = ModelSupply(request.model, None if shared is not None else base, device)
+        supply = ModelSupply(
+            request.model, None if shared is not None else base, device, allow_pickle=request.allow_pickle
+        )
         del base
         results = [job.composition(index, plan, supply, shared) for index, plan in enumerate(plans)]
         extra = {

@@ -37,6 +37,7 @@ from lifelong.core.checkpoint import (
     flatten_state,
     latest_checkpoint,
     load_checkpoint,
+    restoring,
     unflatten_state,
 )
 from lifelong.core.state import load_strategies, restore_rng, rng_state, seed_all, strategies_state
@@ -207,10 +208,11 @@ class Checkpoints:
         tensors, state = load_checkpoint(latest)
         if state.get("fingerprint") != self.run.fingerprint:
             raise self._foreign(latest)
-        model = rebuild(latest, unflatten_state(state["model"], tensors))
-        load_strategies(strategies, state, tensors)
-        restore_rng(state, tensors)
-        return model, Scores(**state["scores"])
+        with restoring(latest):
+            model = rebuild(latest, unflatten_state(state["model"], tensors))
+            load_strategies(strategies, state, tensors)
+            restore_rng(state, tensors)
+            return model, Scores(**state["scores"])
 
     def commit(
         self,

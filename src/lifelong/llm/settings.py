@@ -16,11 +16,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from lifelong.core.settings import CommonSettings, check_types, setting
+from lifelong.core.settings import EPOCHS_MAX, CommonSettings, check_types, setting
 from lifelong.errors import LifelongError
 from lifelong.llm.finetune_data import FinetuneSettings, tiny_skills_settings
 from lifelong.llm.models import is_tiny_llama
 from lifelong.llm.training import TrainSettings
+from lifelong.models.hf import ALLOW_PICKLE_HELP
 from lifelong.runs.settings_file import compositions_from_file
 
 # The from-scratch tiny-llama demo needs a longer first (pretraining) domain and smaller blocks than
@@ -61,7 +62,7 @@ class _LanguageModelSettings(CommonSettings):
 
     schedule: str = setting("rewarm-cosine", "LR schedule: rewarm-cosine, infinite or constant.")
     warmup_ratio: float = setting(0.1, "Share of each task's steps spent warming up.")
-    grad_accum: int = setting(1, "Gradient accumulation steps.")
+    grad_accum: int = setting(1, "Gradient accumulation steps.", limits=(None, 10_000))
     report_to: str = setting("none", "Trainer logging integrations: none, tensorboard, wandb, ...")
     tensorboard: bool = setting(
         False, "Also log every task's scores to TensorBoard (RUN/tensorboard).", "--tensorboard"
@@ -74,6 +75,7 @@ class _LanguageModelSettings(CommonSettings):
         "--eval",
         factory=list,
     )
+    allow_pickle: bool = setting(False, ALLOW_PICKLE_HELP, "--allow-pickle")
 
     def _train_fields(self) -> dict[str, Any]:
         """The `TrainSettings` fields these settings give directly, whatever the model."""
@@ -112,9 +114,11 @@ class PretrainConfig(_LanguageModelSettings):
     replay_ratio: float | None = setting(
         None, "Share of training tokens replayed from earlier domains, in [0, 1).  \\[default: 0.2]"
     )
-    epochs: float = setting(1.0, "Epochs per domain.")
+    epochs: float = setting(1.0, "Epochs per domain.", limits=(None, EPOCHS_MAX))
     first_epochs: float | None = setting(
-        None, "Epochs of the first domain.  \\[default: 3 for tiny-llama, else --epochs]"
+        None,
+        "Epochs of the first domain.  \\[default: 3 for tiny-llama, else --epochs]",
+        limits=(None, EPOCHS_MAX),
     )
     lr: float | None = setting(None, f"{_LR_HELP}  \\[default: 1e-5; 2e-3 for tiny-llama]")
     block_size: int | None = setting(None, "Tokens per training block.  \\[default: 128; 64 for tiny-llama]")
@@ -196,17 +200,19 @@ class FinetuneConfig(_LanguageModelSettings):
         "JSONL of {prompt} or {messages} records that self-replay (and lwf:prompts=earlier) asks the model.",
     )
     lora: bool = setting(False, "Train a LoRA adapter (base frozen); keep one per task.", "--lora")
-    lora_r: int | None = setting(None, "LoRA rank.  \\[default: 16]")
+    lora_r: int | None = setting(None, "LoRA rank.  \\[default: 16]", limits=(1, 4096))
     merge: bool = setting(False, "With --lora: also merge the task adapters and score the merge.", "--merge")
     metric: str = setting("exact", "exact (exact match), or module:function of (prediction, reference).")
-    epochs: float | None = setting(None, "Epochs per task.  \\[default: 1; 8 for tiny-llama]")
+    epochs: float | None = setting(
+        None, "Epochs per task.  \\[default: 1; 8 for tiny-llama]", limits=(None, EPOCHS_MAX)
+    )
     lr: float | None = setting(None, f"{_LR_HELP}  \\[default: 1e-5; 2e-4 with --lora; 3e-3 for tiny-llama]")
     batch_size: int | None = setting(None, "Examples per batch.  \\[default: 4; 32 for tiny-llama]")
     max_length: int | None = setting(None, "Tokens per example.  \\[default: 256; 64 for tiny-llama]")
     packing: bool = setting(False, "Join examples into equal blocks of --block-size tokens.", "--packing")
     block_size: int = setting(128, "Tokens per packed block.")
     max_new_tokens: int | None = setting(
-        None, "Bound on generated answer tokens.  \\[default: 64; 16 for tiny-llama]"
+        None, "Bound on generated answer tokens.  \\[default: 64; 16 for tiny-llama]", limits=(1, 100_000)
     )
     eval_examples: int | None = setting(None, "Held-out examples scored per task.  \\[default: all]")
 

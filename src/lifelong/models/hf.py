@@ -12,6 +12,10 @@ from lifelong.errors import LifelongError
 
 # Weights in these formats are Python pickles: loading one can run any code its author put in it.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+ALLOW_PICKLE_HELP = (
+    "Also load a model folder whose weights are only pickle files (.bin): loading one can run code "
+    "its author put in it, so only for a folder you trust."
+)
 
 
 @contextlib.contextmanager
@@ -58,6 +62,7 @@ def weights_format(folder: Path, allow_pickle: bool = False) -> dict[str, Any]:
         raise LifelongError(
             f"model folder {folder} holds its weights only as pickle files ({', '.join(pickles[:3])}), "
             "which can run code when loaded; convert them to safetensors (load the model once and "
-            "save_pretrained it), or load it with allow_pickle=True if you trust the folder"
+            "save_pretrained it), or, if you trust the folder, pass --allow-pickle (allow_pickle=True "
+            "in Python)"
         )
     return {"use_safetensors": True}

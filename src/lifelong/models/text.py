@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lifelong.errors import LifelongError
-from lifelong.models.hf import offline
+from lifelong.models.hf import offline, weights_format
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -90,7 +90,9 @@ def minilm(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if input_shape[-1] > 512:
         raise LifelongError(f"minilm reads at most 512 tokens, the inputs have {input_shape[-1]}")
     with offline():
-        encoder = BertModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
+        encoder = BertModel.from_pretrained(
+            str(path), add_pooling_layer=False, local_files_only=True, **weights_format(path)
+        )
     return TextClassifier(encoder, num_classes)
 
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from lifelong.core.checkpoint import atomic_write_json, latest_checkpoint
+from lifelong.core.checkpoint import atomic_write_bytes, atomic_write_json, latest_checkpoint
 from lifelong.errors import LifelongError
 
 RUN_FILE, RESULTS_FILE, METRICS_LOG, LOCK_FILE = "run.json", "results.json", "metrics.jsonl", ".lock"
@@ -116,7 +116,7 @@ class RunFolder:
 
     def _acquire(self) -> None:
         if self.path.exists() and not self.path.is_dir():
-            raise LifelongError(f"--out {self.path} is a file, not a folder; choose another path")
+            raise LifelongError(f"{self.path} is a file, not a run folder; choose another path")
         self.path.mkdir(parents=True, exist_ok=True)
         handle = (self.path / LOCK_FILE).open("a+", encoding="utf-8")
         try:
@@ -133,6 +133,10 @@ class RunFolder:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
+        # Holding the lock, no write is under way here: a temporary file left is a crashed write's.
+        for stale in self.path.rglob(".*.tmp"):
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
 
     def release(self) -> None:
         if self._lock is not None:
@@ -151,11 +155,14 @@ class RunFolder:
     @contextmanager
     def running(self) -> Iterator[RunFolder]:
         """Around a run's work: released when it ends; after a failure `abandon`-ed, and a user error
-        that leaves complete tasks behind says how to continue them."""
+        after which this run completed tasks says how to continue them (not one met before any task
+        finished, such as bad input at a resume: resuming again would meet it again)."""
+        before = set(self.checkpoints())
         try:
             yield self
         except BaseException as err:
-            if not self.abandon() and isinstance(err, LifelongError):
+            finished = set(self.checkpoints()) - before
+            if not self.abandon() and isinstance(err, LifelongError) and finished:
                 raise LifelongError(
                     f"{err}; the last complete task is kept: continue with --resume {self.path}"
                 ) from None
@@ -175,7 +182,13 @@ class RunFolder:
                 yield latest
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        with (self.path / METRICS_LOG).open("a", encoding="utf-8") as log:
+        """Append ``record``. If the last line is the same strategy's same task, an earlier attempt
+        logged it and crashed before the checkpoint commit; the resumed run's line replaces it."""
+        path = self.path / METRICS_LOG
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+        if lines and _metrics_key(lines[-1]) == (record.get("strategy"), record.get("after_task")):
+            atomic_write_bytes(path, "".join(lines[:-1]).encode("utf-8"))
+        with path.open("a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
 
     def tensorboard(self, name: str) -> Any:
@@ -187,6 +200,14 @@ class RunFolder:
                 "--tensorboard needs the tensorboard package; pip install 'lifelong[tensorboard]'"
             ) from None
         return SummaryWriter(log_dir=str(self.path / "tensorboard" / name))
+
+
+def _metrics_key(line: str) -> tuple[Any, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return (record.get("strategy"), record.get("after_task")) if isinstance(record, dict) else None
 
 
 def strategy_dir(run_dir: Path, index: int, composition: str) -> Path:
@@ -223,7 +244,7 @@ def _read_run_file(path: Path, command: str) -> dict[str, Any] | None:
     a command deletes only what it can prove it wrote.
     """
     if path.exists() and not path.is_dir():
-        raise LifelongError(f"--out {path} is a file, not a folder; choose another path")
+        raise LifelongError(f"{path} is a file, not a run folder; choose another path")
     run_file = path / RUN_FILE
     if not run_file.is_file():
         if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()):

@@ -54,9 +54,30 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# No score comes near this; past it a plot's axis span (max - min) overflows to infinity.
+NUMBER_MAX = 1e300
+
+
 def _is_number(value: Any) -> bool:
     # JSON has no NaN or infinity: json.dumps refuses them on write, so a file holding them was not ours.
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    # An integer of 400 digits is valid JSON too, and no float.
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) <= NUMBER_MAX
+    except OverflowError:
+        return False
+
+
+def _is_text(value: Any) -> bool:
+    """A string that is text: ``"\\ud800"`` is valid JSON but no character, and no font can draw it."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _score(value: Any) -> bool:
@@ -89,7 +110,7 @@ def _matrix_problem(value: Any, t: int) -> str | None:
     return f"is {shape}, but there are {t} tasks: it must be {t}x{t}"
 
 
-STRING = _simple("a string", lambda v: isinstance(v, str))
+STRING = _simple("a string", _is_text)
 BOOLEAN = _simple("true or false", lambda v: isinstance(v, bool))
 NUMBER = _simple("a number", _is_number)
 SCORE = _simple("a number or null", _score)
@@ -97,16 +118,14 @@ COUNT = _simple(
     "an integer of at least 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
 )
 OBJECT = _simple("an object", lambda v: isinstance(v, dict))
-TEXTS = _simple(
-    "an object of strings", lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
-)
+TEXTS = _simple("an object of strings", lambda v: isinstance(v, dict) and all(map(_is_text, v.values())))
 SCORES = _simple(
     "an object of numbers or null", lambda v: isinstance(v, dict) and all(map(_score, v.values()))
 )
-NAMES = _simple("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+NAMES = _simple("a list of strings", lambda v: isinstance(v, list) and all(map(_is_text, v)))
 TASK_NAMES = _simple(
     "a non-empty list of strings",
-    lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v),
+    lambda v: isinstance(v, list) and bool(v) and all(map(_is_text, v)),
 )
 RESULTS = _simple(
     "a non-empty list of objects",

@@ -12,6 +12,7 @@ Replay, DER++ and A-GEM keep their samples in one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,19 @@ class Memories(Batch):
             self.y.to(device),
             self.task_ids.to(device),
             {k: v.to(device) for k, v in self.extras.items()},
+        )
+
+
+def _check_fits(needed: int, max_size: int) -> None:
+    """A buffer is allocated whole: refuse one larger than the machine's memory before asking for it."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: let the allocation decide
+        return
+    if needed > total:
+        raise LifelongError(
+            f"a replay buffer of {max_size:,} samples needs {needed / 2**30:,.1f} GiB, more than this "
+            f"machine's {total / 2**30:,.1f} GiB; choose a smaller buffer_size"
         )
 
 
@@ -129,11 +143,19 @@ class ReplayBuffer:
         self.seen += n
         self.size = min(self.max_size, self.size + n)
 
+    def check_fits(self, sample: Sequence[torch.Tensor]) -> None:
+        """Refuse, before any training, a buffer whose rows (one ``sample`` each: its tensors plus a
+        task id) would not fit in memory once allocated."""
+        row_bytes = sum(t.element_size() * max(t.numel(), 1) for t in sample) + 8
+        _check_fits((self.max_size + 1) * row_bytes, self.max_size)
+
     def _allocate(self, columns: dict[str, torch.Tensor]) -> None:
         device = self.device or columns["x"].device
         # A spare row at index max_size takes the writes of rejected samples, so an update is one
         # fixed-shape scatter per column: no data-dependent shapes, no device sync.
         rows = self.max_size + 1
+        row_bytes = sum(v[:1].element_size() * max(v[:1].numel(), 1) for v in columns.values())
+        _check_fits(rows * row_bytes, self.max_size)
         self.store = {
             k: torch.zeros((rows, *v.shape[1:]), dtype=v.dtype, device=device) for k, v in columns.items()
         }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
+
 from lifelong.core.distributed import local_share
 from lifelong.core.strategy import Batch, Strategy
 from lifelong.errors import LifelongError
@@ -41,6 +43,11 @@ class Replay(Strategy):
         # Each process keeps a buffer of its own shard; together they hold buffer_size samples.
         self.buffer = ReplayBuffer(local_share(buffer_size), policy, "cpu" if storage == "cpu" else None)
         self.replay_ratio, self.replay_batch_size = replay_ratio, replay_batch_size
+
+    def before_task(self, learner: Learner, task: Task) -> None:
+        sample = task.train[0] if not len(self.buffer) else None
+        if isinstance(sample, tuple | list) and all(isinstance(t, torch.Tensor) for t in sample):
+            self.buffer.check_fits(sample)  # up front: the buffer is allocated whole after the first task
 
     def train_batch(self, learner: Learner, batch: Batch) -> Batch:
         n = (
