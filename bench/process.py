@@ -7,8 +7,9 @@ file run with ``--bare OUT``: plain sklearn and torch, nothing of lifelong. `lif
 same plus what a run is for: the run folder, a checkpoint per task, metrics, the printed tables and,
 unless ``--report none``, the report.
 
-Each side runs under /usr/bin/time (wall seconds, peak RSS); the rounds alternate which side goes
-first, and the medians are printed with the ratio of the medians.
+Each side runs under /usr/bin/time (wall seconds, CPU seconds: user + system, peak RSS); the rounds
+alternate which side goes first, and the medians are printed with the ratios of the medians (CPU time
+is the steadier on a machine shared with other jobs).
 
     python bench/process.py [--rounds 5] [--strategy naive] [--report none,md,html]
 """
@@ -71,16 +72,16 @@ def bare(out: Path) -> None:
     out.write_text(json.dumps({"matrix": matrix}))
 
 
-def timed(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process, from /usr/bin/time."""
+def timed(command: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MB) of one process, from /usr/bin/time."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
         subprocess.run(
-            ["/usr/bin/time", "-f", "%e %M", "-o", report.name, *command],
+            ["/usr/bin/time", "-f", "%e %U %S %M", "-o", report.name, *command],
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        wall, rss_kb = report.read().split()[-2:]
-    return float(wall), float(rss_kb) / 1024
+        wall, user, system, rss_kb = report.read().split()[-4:]
+    return float(wall), float(user) + float(system), float(rss_kb) / 1024
 
 
 def main() -> None:
@@ -100,20 +101,19 @@ def main() -> None:
     sides = {"bare": [sys.executable, __file__, "--bare", str(work / "bare.json")]}
     for report in args.report.split(","):
         sides[f"lifelong --report {report}"] = [*run, "--report", report, "--out", str(work / report)]
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
     for round_ in range(args.rounds + 1):  # round 0 warms the file cache and is not counted
         names = list(sides) if round_ % 2 else list(sides)[::-1]
         for name in names:
             measured = timed(sides[name])
             if round_:
                 times[name].append(measured)
-    bare_wall = statistics.median(t[0] for t in times["bare"])
+    bare_wall, bare_cpu = (statistics.median(t[k] for t in times["bare"]) for k in (0, 1))
     print(f"{args.rounds} alternating rounds, medians; strategy {args.strategy}, one thread")
-    print(f"{'process':<26}{'wall s':>8}{'/ bare':>8}{'peak MB':>9}")
+    print(f"{'process':<26}{'wall s':>8}{'/ bare':>8}{'CPU s':>8}{'/ bare':>8}{'peak MB':>9}")
     for name, measured in times.items():
-        wall = statistics.median(t[0] for t in measured)
-        rss = statistics.median(t[1] for t in measured)
-        print(f"{name:<26}{wall:8.2f}{wall / bare_wall:8.2f}{rss:9.0f}")
+        wall, cpu, rss = (statistics.median(t[k] for t in measured) for k in (0, 1, 2))
+        print(f"{name:<26}{wall:8.2f}{wall / bare_wall:8.2f}{cpu:8.2f}{cpu / bare_cpu:8.2f}{rss:9.0f}")
     matrix = json.loads((work / "bare.json").read_text())["matrix"]
     print(f"bare accuracy after the last task: {statistics.mean(matrix[-1]):.3f}")
 
