@@ -85,6 +85,7 @@ def test_same_seed_gives_identical_matrices(cli, tmp_path: Path) -> None:
         (["--precision", "fp8"], "unknown precision 'fp8'; choose one of: no, bf16, fp16"),
         (["--processes", "0"], "--processes must be between 1 and 4096, got 0"),
         (["--threads", "0"], "--threads must be between 1 and 4096, got 0"),
+        (["--report", "pdf"], "unknown --report 'pdf'; choose one of: none, md, html"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero_exit(cli, tmp_path: Path, args: list[str], phrase: str) -> None:
@@ -97,6 +98,21 @@ def test_bad_input_is_one_line_and_nonzero_exit(cli, tmp_path: Path, args: list[
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_report_md_writes_the_markdown_and_its_plots_but_no_html(cli, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, stdout, _ = cli(
+        "run", "-s", "naive", "--epochs", "1", "--report", "md", "--out", str(out), "--no-progress"
+    )
+    assert code == 0
+    assert (out / "report.md").is_file() and not (out / "report.html").exists()
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
+        "forgetting.png",
+        "heatmap-0-naive.png",
+        "stream-0-naive.png",
+    ]
+    assert "report written to" in stdout and "report.md" in stdout
 
 
 def test_finished_run_folder_is_refused_without_overwrite(cli, tmp_path: Path) -> None:

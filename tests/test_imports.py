@@ -73,6 +73,31 @@ def test_split_digits_run_loads_matplotlib_only_for_its_report(tmp_path: Path) -
     assert (tmp_path / "run" / "report.html").is_file()
 
 
+def test_a_run_without_a_report_loads_no_plotting_library(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    seen = probe(
+        "run",
+        "-s",
+        "naive",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--report",
+        "none",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert seen["exit"] == 0
+    assert seen["at_exit"] == []
+    assert (out / "results.json").is_file()
+    assert (
+        not (out / "report.md").exists()
+        and not (out / "report.html").exists()
+        and not (out / "plots").exists()
+    )
+
+
 def test_the_package_imports_nothing_until_a_name_is_used_and_every_public_name_resolves(
     tmp_path: Path,
 ) -> None:

@@ -7,6 +7,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from lifelong import LifelongError, build_benchmark, build_model, build_strategies
 from lifelong.core.learner import MASKED_LOGIT, Learner
+from lifelong.core.strategy import Strategy, overriders
 from lifelong.core.stream import Stream, Task, concat_datasets, with_task_ids
 
 
@@ -163,3 +164,16 @@ def test_two_fits_with_the_same_seeds_give_identical_matrices(composition: str) 
         learner = Learner(model, build_strategies(composition), epochs=1, lr=0.05, optimizer="sgd", seed=3)
         matrices.append(learner.fit(stream).matrix)
     assert matrices[0] == matrices[1]
+
+
+def test_the_loop_calls_only_the_hooks_a_strategy_defines_by_class_or_on_the_object() -> None:
+    class Penalised(Strategy):
+        def penalty(self, learner, batch, outputs):
+            return 0.0
+
+    plain, penalised, patched = Strategy(), Penalised(), Strategy()
+    patched.after_backward = lambda learner: None  # type: ignore[method-assign]
+    strategies = [plain, penalised, patched]
+    assert overriders(strategies, "penalty") == [penalised]
+    assert overriders(strategies, "after_backward") == [patched]
+    assert overriders(strategies, "train_batch") == []

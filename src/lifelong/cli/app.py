@@ -68,6 +68,13 @@ def run(
     processes: Annotated[
         int, typer.Option(help="Train in this many processes on this machine (torchrun --standalone).")
     ] = 1,
+    report: Annotated[
+        str,
+        typer.Option(
+            help="Report to write at the end: html (report.html and report.md with plots), md (report.md "
+            "with plots) or none (no plots drawn: quickest; 'lifelong report RUN' draws it later)."
+        ),
+    ] = "html",
 ) -> None:
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
 
@@ -81,9 +88,10 @@ def run(
         sys.exit(launch(processes, without_option(sys.argv[1:], "--processes")))
     if options.resume is not None:
         options.refuse_settings(RunConfig, settings)
-        run_experiment(console=console, show_progress=options.progress, resume=options.resume)
+        run_experiment(console=console, show_progress=options.progress, resume=options.resume, report=report)
     else:
-        run_experiment(options.settings(RunConfig, settings), console, show_progress=options.progress)
+        config = options.settings(RunConfig, settings)
+        run_experiment(config, console, show_progress=options.progress, report=report)
     shutdown()
 
 

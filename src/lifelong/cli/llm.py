@@ -2,7 +2,8 @@
 
 Plain functions with Typer annotations, mounted on the main app in `lifelong.cli.app`. The pretrain and
 finetune modules import transformers, datasets and peft when loaded, so the commands import them
-when they run: ``lifelong --help`` loads none of those (`tests/test_imports.py`).
+when they run: ``lifelong --help`` loads none of those (`tests/test_imports.py`). Perplexity's helpers
+are imported when it runs too: the other commands (``lifelong run``) need none of them.
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ from rich.table import Table
 from lifelong.cli.options import AllowPickle, TrainingOptions, training_command
 from lifelong.core.settings import check_count
 from lifelong.errors import LifelongError
-from lifelong.llm.corpora import load_corpus
-from lifelong.llm.data import pack
-from lifelong.llm.models import is_tiny_llama, load_model, resolve_model_folder, to_device, vocab_size
-from lifelong.llm.perplexity import from_nll, token_nll
 from lifelong.llm.settings import (
     MODEL_DEFAULTS,
     TINY_DEFAULTS,
@@ -100,6 +97,11 @@ def perplexity(
 ) -> None:
     """Perplexity of a causal LM on each text (lower is better), as a table."""
     import torch
+
+    from lifelong.llm.corpora import load_corpus
+    from lifelong.llm.data import pack
+    from lifelong.llm.models import is_tiny_llama, load_model, resolve_model_folder, to_device, vocab_size
+    from lifelong.llm.perplexity import from_nll, token_nll
 
     if split not in ("all", "heldout"):
         raise LifelongError(f"--split is 'all' or 'heldout', got '{split}'")

@@ -7,6 +7,7 @@ slices of a random permutation); any other dataset goes through a `DataLoader`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from lifelong.core.checkpoint import flatten_state, unflatten_state
 from lifelong.core.distributed import Processes, all_reduce_sum
 from lifelong.core.distributed import resolve_device as resolve_device
 from lifelong.core.state import load_strategies, restore_rng, rng_state, strategies_state
-from lifelong.core.strategy import MASKED_LOGIT, Batch, Strategy
+from lifelong.core.strategy import MASKED_LOGIT, Batch, Strategy, overriders
 from lifelong.core.stream import with_task_ids
 from lifelong.errors import LifelongError
 
@@ -180,33 +181,38 @@ class Learner:
 
     def train_epoch(self, trained: nn.Module, task: Task, epoch: int) -> None:
         assert self.optimizer is not None
+        # Only the hooks a strategy defines are called: at this scale the loop's Python is its cost.
+        mixers, penalties, editors = (
+            overriders(self.strategies, hook) for hook in ("train_batch", "penalty", "after_backward")
+        )
+        takes_ids = getattr(self.model, "takes_task_ids", False)
         batch_bar = self._bar("batches", self._num_batches(self.train_data))
         losses = []
         for batch in self.batches(self.train_data):
-            for strategy in self.strategies:
+            for strategy in mixers:
                 batch = strategy.train_batch(self, batch)
             with self.processes.autocast():
                 # The unmasked logits stay readable: distillation needs the other tasks' heads too.
-                self.logits = self.model_logits(batch.x, batch.task_ids, trained)
+                self.logits = trained(batch.x, batch.task_ids) if takes_ids else trained(batch.x)
                 outputs = self.mask(self.logits, batch.task_ids)
                 loss = self.task_loss = self.criterion(outputs, batch.y)
-                for strategy in self.strategies:
+                for strategy in penalties:
                     extra = strategy.penalty(self, batch, outputs)
                     if isinstance(extra, torch.Tensor):  # a plain 0.0 would only add an autograd node
                         loss = loss + extra
             self.optimizer.zero_grad(set_to_none=True)
             self.processes.backward(loss)
-            for strategy in self.strategies:
+            for strategy in editors:
                 strategy.after_backward(self)
             self.optimizer.step()
             self.task_loss = None  # a penalty computed outside this loop must not see a stale one
             losses.append(loss.detach())
             self._advance(batch_bar)
         # One check per epoch: a per-step check would force a device sync on every batch.
-        epoch_loss = all_reduce_sum(torch.stack(losses).sum().float())
-        if not torch.isfinite(epoch_loss):
+        epoch_loss = all_reduce_sum(torch.stack(losses).sum().float()).item()
+        if not math.isfinite(epoch_loss):
             raise LifelongError(
-                f"loss became {epoch_loss.item()} in task '{task.name}', epoch {epoch + 1}; "
+                f"loss became {epoch_loss} in task '{task.name}', epoch {epoch + 1}; "
                 "lower the learning rate (--lr) or the strategy's penalty strength"
             )
         self._done(batch_bar)
@@ -251,43 +257,67 @@ class Learner:
         """Batches of ``batch_size`` samples in all (this process's share of each, in a multi-process run)."""
         size = batch_size or self.batch_size
         n = len(data)  # type: ignore[arg-type]
+        if not isinstance(data, TensorDataset):
+            shares = self._shares(n, size, shuffle, torch.device("cpu"))
+            for item in DataLoader(data, batch_sampler=[share.tolist() for share in shares if len(share)]):
+                x, y, *rest = (v.to(self.device, non_blocking=True) for v in item)
+                default_id = self.task.index if self.task is not None else 0
+                yield Batch(x, y, rest[0] if rest else torch.full_like(y, default_id))
+            return
+        x, y, *rest = (self._on_device(t) for t in data.tensors)
+        t = rest[0] if rest else torch.zeros_like(y)
+        if not shuffle and self.processes.world == 1:  # slices are views: no copy
+            for s in range(0, n, size):
+                yield Batch(x[s : s + size], y[s : s + size], t[s : s + size])
+            return
+        # One task's own data has one task id throughout: a view of it saves a gather per batch
+        # (and one view serves every batch of the full size).
+        one_task = n > 0 and bool((t == t[0]).all())
+        full = t[:size]
+        for idx in self._shares(n, size, shuffle, self.device):
+            m = len(idx)
+            if m:
+                yield Batch(x[idx], y[idx], (full if m == size else t[:m]) if one_task else t[idx])
+
+    def _shares(self, n: int, size: int, shuffle: bool, device: torch.device) -> Iterator[torch.Tensor]:
+        """Sample indices (on ``device``) of each batch of ``size``: this process's share of each."""
         order = torch.randperm(n, generator=self.order_generator) if shuffle else torch.arange(n)
-        order = order.to(self.device) if isinstance(data, TensorDataset) else order
+        order = order if order.device == device else order.to(device, non_blocking=True)
         world = self.processes.world
         starts: Sequence[int] = range(0, n, size)
         if shuffle and world > 1:
             # A global batch too small to give every process a sample is dropped by all of them
             # alike: a process with nothing to back-propagate would leave the others waiting.
             starts = [s for s in starts if min(size, n - s) >= world]
-        shares = (
-            order[s : s + size] if world == 1 else self.processes.share(order[s : s + size]) for s in starts
-        )
-        if isinstance(data, TensorDataset):
-            x, y, *rest = (t.to(self.device, non_blocking=True) for t in data.tensors)
-            t = rest[0] if rest else torch.zeros_like(y)
-            if not shuffle and world == 1:  # slices are views: no copy
-                for s in starts:
-                    yield Batch(x[s : s + size], y[s : s + size], t[s : s + size])
-                return
-            # One task's own data has one task id throughout: a view of it saves a gather per batch.
-            one_task = n > 0 and bool((t == t[0]).all())
-            for idx in shares:
-                if len(idx):
-                    yield Batch(x[idx], y[idx], t[: len(idx)] if one_task else t[idx])
-            return
-        loader = DataLoader(data, batch_sampler=[share.tolist() for share in shares if len(share)])
-        for item in loader:
-            x, y, *rest = (v.to(self.device, non_blocking=True) for v in item)
-            default_id = self.task.index if self.task is not None else 0
-            yield Batch(x, y, rest[0] if rest else torch.full_like(y, default_id))
+        for s in starts:
+            yield order[s : s + size] if world == 1 else self.processes.share(order[s : s + size])
+
+    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor on the learner's device (itself if already there: a no-op `.to` still dispatches)."""
+        return tensor if tensor.device == self.device else tensor.to(self.device, non_blocking=True)
 
     # ---- evaluation -------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def evaluate(self, task: Task) -> float:
         """Accuracy on the task's test set (task-incremental: among the task's own classes)."""
+        return self.evaluate_tasks([task])[0]
+
+    @torch.inference_mode()
+    def evaluate_tasks(self, tasks: Sequence[Task]) -> list[float]:
+        """Accuracy on each task's test set, the model in eval mode once for all of them."""
         was_training = self.model.training
         self.model.eval()
+        try:
+            counts = [self._count_correct(task) for task in tasks]
+        finally:
+            self.model.train(was_training)
+        # Each process scored its share of the test sets; the sums make one score for the whole of each.
+        # On the device: NCCL reduces only GPU tensors.
+        summed = all_reduce_sum(torch.tensor(counts, dtype=torch.float64, device=self.device)).tolist()
+        return [correct / max(total, 1) for correct, total in summed]
+
+    def _count_correct(self, task: Task) -> tuple[int, int]:
+        """(correct, total) predictions on this process's share of the task's test set."""
         correct = total = 0
         for batch in self.batches(
             with_task_ids(task.test, task.index), shuffle=False, batch_size=self.eval_batch_size
@@ -297,12 +327,7 @@ class Learner:
             predictions = self.forward(batch.x, batch.task_ids).argmax(dim=1)
             correct += int((predictions == batch.y).sum())
             total += len(batch)
-        self.model.train(was_training)
-        # Each process scored its share of the test set; the sums make one score for the whole of it.
-        # On the device: NCCL reduces only GPU tensors.
-        counts = torch.tensor([correct, total], dtype=torch.float64, device=self.device)
-        correct, total = all_reduce_sum(counts).tolist()
-        return correct / max(total, 1)
+        return correct, total
 
     def _first_evaluation(self, stream: Stream) -> list[float]:
         """`evaluate_all`, where a model that does not fit the data fails first: say so in one line."""
@@ -320,7 +345,7 @@ class Learner:
     def evaluate_all(self) -> list[float]:
         if self.stream is None:
             raise LifelongError("evaluate_all needs a stream; call fit(stream) first")
-        return [self.evaluate(task) for task in self.stream]
+        return self.evaluate_tasks(self.stream.tasks)
 
     # ---- checkpoint state -------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ where the loop is: `Learner` for the classic hooks, `LMTrainer` here for the cau
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -192,3 +192,10 @@ class Strategy:
 
     def __repr__(self) -> str:
         return self.name
+
+
+def overriders(strategies: Sequence[Strategy], hook: str) -> list[Strategy]:
+    """The strategies whose ``hook`` is their own (by class or set on the object), in order: a loop
+    calls only these, the base class's hooks doing nothing."""
+    default = getattr(Strategy, hook)
+    return [s for s in strategies if getattr(type(s), hook) is not default or hook in vars(s)]

@@ -40,12 +40,14 @@ from lifelong.experiment.settings import RunConfig, make_config
 from lifelong.models import build_model
 from lifelong.report import print_results, write_report
 from lifelong.report.text import DescriptionColumn, safe_text, terminal
+from lifelong.report.write import write_markdown_report
 from lifelong.runs.callbacks import TaskLog, commit_task
 from lifelong.runs.folder import RESULTS_FILE, RUN_FILE, RunFolder, default_out, keep_only
 from lifelong.runs.results import results_document, write_results
 from lifelong.strategies import REGISTRY, build_strategies
 
 COMMAND = "run"
+REPORTS = ("none", "md", "html")  # what `lifelong run --report` may write, lightest first
 RESULT_FILE = "result.json"  # a finished strategy's record, in its checkpoint folder
 
 
@@ -274,11 +276,16 @@ def run_experiment(
     console: Console | None = None,
     show_progress: bool = True,
     resume: Path | None = None,
+    report: str = "html",
 ) -> dict[str, Any]:
     """Run every strategy of the config on its stream; write and return the results document.
 
-    ``resume`` continues the unfinished run in that folder, after its last complete task.
+    ``resume`` continues the unfinished run in that folder, after its last complete task. ``report``:
+    ``html`` writes report.md and report.html with their plots, ``md`` report.md and its plots only,
+    ``none`` no report (``lifelong report RUN`` draws it later, from results.json).
     """
+    if report not in REPORTS:
+        raise LifelongError(f"unknown --report '{safe_text(report)}'; choose one of: {', '.join(REPORTS)}")
     console = console or terminal()
     folder, config, compositions, processes = _open(
         config, resume, lambda c: Processes(c.device, c.precision)
@@ -311,7 +318,7 @@ def run_experiment(
         if not processes.is_main:
             return document
         write_results(folder.path, document)
-    _publish(console, folder.path, document, [task.name for task in stream])
+    _publish(console, folder.path, document, [task.name for task in stream], report)
     return document
 
 
@@ -327,13 +334,22 @@ def _progress(console: Console, show: bool) -> Progress:
     )
 
 
-def _publish(console: Console, run_dir: Path, document: dict[str, Any], task_names: list[str]) -> None:
+def _publish(
+    console: Console, run_dir: Path, document: dict[str, Any], task_names: list[str], report: str
+) -> None:
     """Print the tables and write the report once the results are safe on disk."""
     print_results(console, document, task_names)
     console.print(f"results written to {safe_text(run_dir / RESULTS_FILE)}")
+    if report == "none":
+        console.print(f"no report drawn; draw it with lifelong report {safe_text(run_dir)}")
+        return
     try:
-        _, html = write_report(run_dir, document)
-        console.print(f"report written to {safe_text(html)}")
+        written = (
+            write_report(run_dir, document)[1]
+            if report == "html"
+            else write_markdown_report(run_dir, document)
+        )
+        console.print(f"report written to {safe_text(written)}")
     except Exception as err:  # the results are safe on disk; a plotting problem must not lose the run
         console.print(
             f"[yellow]warning:[/] the report could not be written ({safe_text(err)}); "

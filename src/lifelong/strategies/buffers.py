@@ -34,6 +34,8 @@ class Memories(Batch):
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> Memories:
+        if self.x.device == device:  # one device holds a buffer: nothing to move (and no op to dispatch)
+            return self
         return Memories(
             self.x.to(device),
             self.y.to(device),
