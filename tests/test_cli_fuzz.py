@@ -256,6 +256,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     root = tmp_path_factory.mktemp("fuzz")
     inputs = root / "inputs"
     (inputs / "folder").mkdir(parents=True)
+    # Not empty: a run may fill an empty folder given as --out, but must leave one holding a file it
+    # did not write untouched.
+    (inputs / "folder" / "notes.txt").write_text("a user's file\n")
     (root / "work").mkdir()
     rows = [
         {"f0": i * 0.1, "f1": label + i * 0.01, "label": label, "task": t}

@@ -266,6 +266,24 @@ def test_combine_two_runs(tmp_path: Path) -> None:
     assert not (tmp_path / "both" / "results.json").exists()
 
 
+def test_a_combined_report_goes_only_where_reports_live(tmp_path: Path) -> None:
+    """--out holding another tool's files (or a run's) is refused, untouched; a report's own folder
+    is written again."""
+    first = finished_run(tmp_path / "first", synthetic(["naive"], seed=1))
+    second = finished_run(tmp_path / "second", synthetic(["ewc"], seed=2))
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "lifelong.json").write_text("{}")
+    with pytest.raises(LifelongError, match=r"holds files no report wrote \('lifelong\.json'\)"):
+        report_runs([first, second], out=library)
+    assert [p.name for p in library.iterdir()] == ["lifelong.json"]
+    with pytest.raises(LifelongError, match="holds files no report wrote"):
+        report_runs([first], out=second)  # a run's folder: its results.json is no report's
+    both = tmp_path / "both"
+    report_runs([first, second], out=both)
+    assert report_runs([first, second], out=both)[-1] == both / "report.html"  # its own files: again
+
+
 def test_combine_with_a_real_run(real_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     run_dir, document = real_run
     other = copy.deepcopy(document)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifelong.errors import LifelongError
+from lifelong.report.plots import PLOTS_DIR
 from lifelong.report.view import Entry, Source, View, view_of
-from lifelong.report.write import run_name, write_view
+from lifelong.report.write import REPORT_HTML, REPORT_MD, run_name, write_view
 from lifelong.runs.results import RESULTS_FILE, read_results
 
 
@@ -60,6 +61,9 @@ def _combine(views: list[tuple[Path, View]]) -> View:
     )
 
 
+REPORT_FILES = (REPORT_HTML, REPORT_MD, PLOTS_DIR)  # what a combined report's folder holds
+
+
 def report_runs(run_dirs: list[Path], out: Path | None = None) -> list[Path]:
     """Regenerate the report of every run folder from its ``results.json``; with ``out``, also write
     one report combining all of them there (same benchmark and tasks required).
@@ -84,6 +88,12 @@ def report_runs(run_dirs: list[Path], out: Path | None = None) -> list[Path]:
             )
         if out.exists() and not out.is_dir():
             raise LifelongError(f"--out {out} is a file, not a folder; choose another path")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES) if out.is_dir() else []
+        if foreign:  # another tool's folder, or a run's: a combined report goes in a folder of its own
+            raise LifelongError(
+                f"--out {out} holds files no report wrote ({foreign[0]!r}{', ...' if len(foreign) > 1 else ''}); "
+                "choose a new or empty folder for the combined report"
+            )
         combined = _combine(views)
     written = [write_view(run_dir, view)[1] for run_dir, view in views]
     if out is not None and combined is not None:
