@@ -171,7 +171,14 @@ def test_cli_run_writes_results_report_and_models(
         # The replay data counts as learned before the run: its row is the model as given.
         assert result["loss_matrix"][0] == result["initial_loss"]
         assert len(result["accuracy_matrix"]) == 2 and set(result["metrics"]) >= {"forgetting", "bwt"}
-        assert (Path(result["model"]) / "model.safetensors").is_file()
+        folder = Path(result["model"])
+        assert (folder / "model.safetensors").is_file()
+        # The final model's files are the last checkpoint's, linked rather than written again.
+        assert not {"manifest.json", "state.json", "tensors.safetensors"} & {p.name for p in folder.iterdir()}
+        assert (
+            load_model(str(folder))[0].config.num_hidden_layers
+            == load_model(TINY)[0].config.num_hidden_layers
+        )
     assert replay["loss_matrix"][1][0] < naive["loss_matrix"][1][0]  # replaying the old data keeps it better
     assert (out / "report.md").is_file() and "forgetting of the first task, upper" in stdout
 

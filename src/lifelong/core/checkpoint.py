@@ -66,6 +66,11 @@ def read_checked_json(path: Path) -> dict[str, Any] | None:
 
 CHECKPOINT_FORMAT = 1
 TENSORS_FILE, STATE_FILE, MANIFEST_FILE = "tensors.safetensors", "state.json", "manifest.json"
+CHECKPOINT_FILES = (
+    TENSORS_FILE,
+    STATE_FILE,
+    MANIFEST_FILE,
+)  # a checkpoint's own, beside what ``files`` wrote
 
 
 def flatten_state(state: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:

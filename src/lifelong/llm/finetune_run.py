@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lifelong.core.checkpoint import CHECKPOINT_FILES, latest_checkpoint
 from lifelong.llm.answers import Metric, Prompt
 from lifelong.llm.callbacks import quiet_logs
 from lifelong.llm.finetune_data import FinetuneSettings, Measure, Prepared, evaluate_all, row_text
@@ -26,7 +27,7 @@ from lifelong.llm.finetune_lora import (
     with_lora,
 )
 from lifelong.llm.instruct import Example, PaddingCollator, examples_dataset, pack_examples, pad_id_of
-from lifelong.llm.models import ModelSupply, load_to, offline, save_model, write_model
+from lifelong.llm.models import ModelSupply, link_model, load_to, offline, save_model, write_model
 from lifelong.llm.plans import Plan, replayed_examples, self_replay_examples
 from lifelong.llm.runs import Checkpoints, LLMRun, Scores
 from lifelong.llm.trainer import ContinualTrainer
@@ -129,7 +130,7 @@ class FinetuneRun:
             trained, scores = self._start(strategies, supply, shared, checkpoints)
             for t in range(len(scores.matrix), len(self.tasks)):
                 self._task(t, plan, trained, strategies, scores, checkpoints)
-            return checkpoints.finish(self._record(plan, trained, scores, checkpoints.folder.name, merge))
+            return checkpoints.finish(self._record(plan, trained, scores, checkpoints.folder, merge))
 
     def _start(
         self,
@@ -240,7 +241,9 @@ class FinetuneRun:
         )
         return made
 
-    def _record(self, plan: Plan, trained: Trained, scores: Scores, slug: str, merge: bool) -> dict[str, Any]:
+    def _record(
+        self, plan: Plan, trained: Trained, scores: Scores, checkpoints: Path, merge: bool
+    ) -> dict[str, Any]:
         initial = self.initial.tasks
         answered = all(m.score is not None for m in initial)
         record: dict[str, Any] = {
@@ -260,14 +263,22 @@ class FinetuneRun:
         if self.watch.sets:
             record["watch"] = self.watch.results(self.initial.watch, scores.watch)
         if trained.library is None:
-            folder = save_model(trained.model, self.tokenizer, self.run.path / "models" / slug)
-            record["model"] = str(folder)
+            record["model"] = str(self._final_model(trained.model, checkpoints))
             return record
         names = [t.name for t in self.tasks if not t.known]
         record["adapters"] = {"root": str(trained.library.root), "tasks": names}
         if merge:
             record["merged"] = self._merged(trained.library, names)
         return record
+
+    def _final_model(self, model: Any, checkpoints: Path) -> Path:
+        """The trained model as a folder of its own: the newest checkpoint holds it as trained (nothing
+        changes it after the last task's commit), so its files are linked, not written again."""
+        folder = self.run.path / "models" / checkpoints.name
+        latest = latest_checkpoint(checkpoints)
+        if latest is None:  # a composition that trained nothing of its own (one task, shared)
+            return save_model(model, self.tokenizer, folder)
+        return link_model(latest, folder, CHECKPOINT_FILES)
 
     def _merged(self, library: AdapterLibrary, tasks: list[str]) -> dict[str, Any]:
         """The task adapters merged (``cat``: the exact mean of their updates), scored on every task."""

@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -315,11 +316,36 @@ def write_model(model: Any, tokenizer: Any, folder: Path) -> None:
 
 def save_model(model: Any, tokenizer: Any, folder: Path) -> Path:
     """`write_model` into ``folder``, whole or not at all."""
+    return _whole(folder, lambda partial: write_model(model, tokenizer, partial))
+
+
+def link_model(saved: Path, folder: Path, leave: Collection[str]) -> Path:
+    """The files of ``saved`` (a folder a model was written into, with others named in ``leave``) as
+    ``folder``, whole or not at all: hard links where the file system takes them, so a real model's
+    weights are not written a second time; copies where it does not."""
+
+    def link(partial: Path) -> None:
+        partial.mkdir()
+        for file in sorted(saved.iterdir()):
+            if file.name in leave:
+                continue
+            if file.is_dir():
+                shutil.copytree(file, partial / file.name)
+                continue
+            try:
+                os.link(file, partial / file.name)
+            except OSError:
+                shutil.copy2(file, partial / file.name)
+
+    return _whole(folder, link)
+
+
+def _whole(folder: Path, write: Callable[[Path], None]) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = folder.with_name(folder.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
-    write_model(model, tokenizer, partial)
+    write(partial)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(partial, folder)
