@@ -13,17 +13,15 @@ pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
 from lifelong.errors import LifelongError
+from lifelong.llm.batches import PaddingCollator, examples_dataset, pack_examples
 from lifelong.llm.instruct import (
     DISTILL_MASK,
     IGNORE,
-    PaddingCollator,
     Record,
     check_chat_template,
     encode,
     encode_prompt,
-    examples_dataset,
     load_task,
-    pack_examples,
     read_records,
 )
 from lifelong.llm.models import load_model

@@ -17,10 +17,11 @@ pytest.importorskip("datasets")
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
 from lifelong.errors import LifelongError
+from lifelong.llm.batches import PaddingCollator, examples_dataset
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.data import CausalCollator, blocks_dataset
 from lifelong.llm.fisher import causal_lm_fisher, sequence_importance
-from lifelong.llm.instruct import DISTILL_MASK, Example, PaddingCollator, examples_dataset
+from lifelong.llm.instruct import DISTILL_MASK, Example
 from lifelong.llm.schedules import lr_lambda
 from lifelong.llm.trainer import ContinualTrainer
 from lifelong.strategies import EWC, LwF

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from lifelong.errors import LifelongError
-from lifelong.llm.instruct import IGNORE, Example, pad_batch
+from lifelong.llm.batches import pad_batch
+from lifelong.llm.instruct import IGNORE, Example
 from lifelong.models.hf import offline
 from lifelong.strategies.anchors import eval_mode
 

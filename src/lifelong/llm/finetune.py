@@ -249,6 +249,30 @@ def resume_finetune(
     return _finetune(request, Path(run_dir), console, progress, resume=True)
 
 
+def _config(
+    request: FinetuneRequest,
+    settings: FinetuneSettings,
+    named: Sequence[InstructionTask],
+    prepared: Sequence[Prepared],
+    plans: Sequence[Plan],
+    lora: dict[str, Any] | None,
+    watch: list[str],
+) -> dict[str, Any]:
+    """The run's settings as results.json records them."""
+    return {
+        **vars(settings),
+        "model": request.model,
+        "data": [t.origin for t in named],
+        "replay_tasks": [t.name for t in prepared if t.known],
+        "replay_ratio": check_replay_ratio(request.replay_ratio),
+        "self_replay_prompts": request.self_replay_prompts,
+        "strategies": [p.label for p in plans],
+        "lora": False if lora is None else lora,
+        "merge": request.merge,
+        "watch": watch,
+    }
+
+
 def _finetune(
     request: FinetuneRequest,
     out: Path,
@@ -318,16 +342,7 @@ def _finetune(
         del base
         results = [job.composition(i, plan, supply, shared, request.merge) for i, plan in enumerate(plans)]
         config = {
-            **vars(settings),
-            "model": request.model,
-            "data": [t.origin for t in named],
-            "replay_tasks": [t.name for t in prepared if t.known],
-            "replay_ratio": check_replay_ratio(request.replay_ratio),
-            "self_replay_prompts": request.self_replay_prompts,
-            "strategies": [p.label for p in plans],
-            "lora": False if lora is None else lora,
-            "merge": request.merge,
-            "watch": watch.sources,
+            **_config(request, settings, named, prepared, plans, lora, watch.sources),
             "shared_first_task": shared is not None,
             "out": str(out),
         }

@@ -13,16 +13,9 @@ from typing import Any
 from lifelong.core.metrics import bootstrap_se, mean_and_se
 from lifelong.errors import LifelongError
 from lifelong.llm.answers import Metric, Prompt, answer_prompts, answer_token_losses, generate_answers
+from lifelong.llm.batches import pad_id_of
 from lifelong.llm.choices import ACC_NORM, ChoiceItem, encode_choices, score_choices
-from lifelong.llm.instruct import (
-    Example,
-    InstructionTask,
-    Record,
-    encode,
-    encode_prompt,
-    load_task,
-    pad_id_of,
-)
+from lifelong.llm.instruct import Example, InstructionTask, Record, encode, encode_prompt, load_task
 from lifelong.llm.skills import is_skills, parse_skills
 from lifelong.llm.training import TrainSettings
 from lifelong.report.text import safe_text

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lifelong.core.checkpoint import CHECKPOINT_FILES, latest_checkpoint
 from lifelong.llm.answers import Metric, Prompt
+from lifelong.llm.batches import PaddingCollator, examples_dataset, pack_examples, pad_id_of
 from lifelong.llm.callbacks import quiet_logs
 from lifelong.llm.finetune_data import FinetuneSettings, Measure, Prepared, evaluate_all, row_text
 from lifelong.llm.finetune_lora import (
@@ -26,7 +27,7 @@ from lifelong.llm.finetune_lora import (
     training_adapter,
     with_lora,
 )
-from lifelong.llm.instruct import Example, PaddingCollator, examples_dataset, pack_examples, pad_id_of
+from lifelong.llm.instruct import Example
 from lifelong.llm.models import ModelSupply, link_model, load_to, offline, save_model, write_model
 from lifelong.llm.plans import Plan, replayed_examples, self_replay_examples
 from lifelong.llm.runs import Checkpoints, LLMRun, Scores
