@@ -182,9 +182,8 @@ def test_mas_keeps_absolute_values_through_vmap() -> None:
         torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-7)
 
 
-def test_a_causal_lm_gets_the_squared_gradient_of_each_sequence_on_its_linear_layers() -> None:
-    """A sequence's gradient is a sum over its tokens (not the token-wise trick): against a loop of
-    one backward pass per sequence of its mean next-token NLL, on a tiny Llama in float64."""
+def tiny_llama(tied: bool = False) -> tuple[nn.Module, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """A 1-layer Llama in float64, 5 sequences of 9 tokens, and each sequence's mean next-token NLL, [N]."""
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
         vocab_size=32,
@@ -194,14 +193,23 @@ def test_a_causal_lm_gets_the_squared_gradient_of_each_sequence_on_its_linear_la
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=16,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).double().eval()
     ids = torch.randint(0, 32, (5, 9), generator=torch.Generator().manual_seed(0))
 
-    def nll(ids: torch.Tensor) -> torch.Tensor:  # each sequence's mean next-token NLL, [N]
+    def nll(ids: torch.Tensor) -> torch.Tensor:
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
         return nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").mean(1)
+
+    return model, ids, nll
+
+
+def test_a_causal_lm_gets_the_squared_gradient_of_each_sequence_on_its_linear_layers() -> None:
+    """A sequence's gradient is a sum over its tokens (not the token-wise trick): against a loop of
+    one backward pass per sequence of its mean next-token NLL, on a tiny Llama in float64."""
+    model, ids, nll = tiny_llama()
 
     linear = [f"{m}.weight" for m, mod in model.named_modules() if type(mod) is nn.Linear]
     sums, rest = SquaredGradients(model, linear)(lambda: nll(ids))
@@ -219,25 +227,8 @@ def test_a_causal_lm_gets_the_squared_gradient_of_each_sequence_on_its_linear_la
 def test_replay_measures_every_weight_of_a_causal_lm_norms_embeddings_and_tied_ones(tied: bool) -> None:
     """With ``replay``, the weights no layer hook covers (RMS norms, the embedding, an embedding
     shared with the output layer) get each sequence's squared gradient too: against the loop."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        vocab_size=32,
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-        tie_word_embeddings=tied,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).double().eval()
-    ids = torch.randint(0, 32, (5, 9), generator=torch.Generator().manual_seed(0))
+    model, ids, nll = tiny_llama(tied)
     weight = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.0], dtype=torch.double)
-
-    def nll(ids: torch.Tensor) -> torch.Tensor:
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
-        return nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").mean(1)
 
     params = dict(model.named_parameters())
     assert tied == ("lm_head.weight" not in params)  # a tied weight has one name
