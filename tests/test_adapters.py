@@ -375,6 +375,22 @@ def test_routing_picks_the_right_adapter_on_distinct_domains(trained: AdapterLib
     assert result.scores == result.all_scores.min(dim=1).values.tolist()
 
 
+def test_routing_by_prompts_sends_what_no_adapter_trained_on_to_the_base(trained: AdapterLibrary) -> None:
+    """Each adapter keeps where its training examples sat in the base's hidden space; an example of a
+    domain none of the candidates trained on falls outside all of them and goes to the bare base."""
+    examples = TEST["arith"] + TEST["dna"] + TEST["prose"]
+    truth = ["arith"] * len(TEST["arith"]) + ["dna"] * len(TEST["dna"]) + ["__base__"] * len(TEST["prose"])
+    result = trained.route(examples, ["arith", "dna"], by="prompts")
+    accuracy = sum(c == t for c, t in zip(result.choices, truth, strict=True)) / len(truth)
+    assert accuracy >= 0.9, accuracy
+    assert result.metric == "distance" and result.tasks == ["arith", "dna", "__base__"]
+    assert result.all_scores.shape == (len(truth), 3) and result.all_scores[:, 2].eq(1.0).all()
+    with pytest.raises(LifelongError, match="route classifiers by loss"):
+        AdapterLibrary(trained.base, trained.root, kind="classification", num_labels=2).route(
+            examples[:1], ["arith"], by="prompts"
+        )
+
+
 def test_mixed_batch_sends_each_example_through_its_own_adapter(trained: AdapterLibrary) -> None:
     rows = [TEST["arith"][0][:12], TEST["prose"][0][:12], TEST["dna"][0][:12]]
     names = ["arith", "prose", "__base__"]
@@ -644,6 +660,18 @@ def test_cli_train_list_route_merge_export_delete(
     )  # fmt: skip
     assert code == 0, err
     assert [row["choice"] for row in json.loads(out)] == ["arith", "dna"]
+    code, out, err = adapters_cli(
+        "adapters", "route", "--base", str(base_folder), "--root", str(root), "--by", "prompts",
+        "--text", "12+30=42;30+12=42", "--text", "ACGTTGCAACGTAGCTAGCTAGGATCCA", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [row["choice"] for row in rows] == ["arith", "dna"]
+    assert all(row["scores"]["__base__"] == 1.0 and row["distance"] < 1.0 for row in rows)
+    code, _, err = adapters_cli(
+        "adapters", "route", "--base", str(base_folder), "--root", str(root), "--by", "[b]x", "--text", "1",
+    )  # fmt: skip
+    assert code == 2 and "--by must be loss or prompts, got '[b]x'" in err
     code, out, err = adapters_cli(
         "adapters",
         "merge",

@@ -150,6 +150,20 @@ def test_lora_keeps_one_adapter_per_task_that_reloads_exactly(
         assert score == result["accuracy_matrix"][0][0]
         assert loss == result["loss_matrix"][0][0]
         assert result["loss_matrix"][1][1] < result["loss_matrix"][0][1]  # adapter 2 learned task 2
+        # Each task answers through its own adapter: task 1's after task 2 is its score after task 1,
+        # and task 2 before its training is the bare base's.
+        assert result["accuracy_matrix"][1][0] == result["accuracy_matrix"][0][0]
+        assert result["loss_matrix"][1][0] == result["loss_matrix"][0][0]
+        assert result["loss_matrix"][0][1] == result["initial_loss"][1]
+        routed = result["routed"]
+        assert [s["name"] for s in routed["sets"]] == ["upper", "reverse"]
+        for k, routed_set in enumerate(routed["sets"]):
+            assert sum(routed_set["routed_to"].values()) == routed_set["items"] == len(first.heldout)
+            assert set(routed_set["routed_to"]) <= {"upper", "reverse", "__base__"}
+            if routed_set["routed_to"] == {routed_set["name"]: routed_set["items"]}:  # all sent home
+                assert routed_set["score"] == result["accuracy_matrix"][-1][k]
+                assert routed_set["loss"] == result["loss_matrix"][-1][k]
+        assert routed["right"] > 0.5  # the two skills' prompts differ in their first token
 
 
 def test_cli_run_writes_results_report_and_models(

@@ -159,6 +159,23 @@ def test_a_file_is_one_task_with_a_tenth_held_out(tmp_path: Path) -> None:
     assert {r.prompt for r in task.train}.isdisjoint(r.prompt for r in task.heldout)
 
 
+def test_records_marked_heldout_are_the_held_out_part(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": f"q{i}", "completion": f"a{i}", "split": "heldout" if i % 3 else "train"} for i in range(9)
+    ]
+    task = load_task(write_jsonl(tmp_path / "marked.jsonl", rows))
+    assert [r.prompt for r in task.train] == ["q0", "q3", "q6"] and len(task.heldout) == 6
+    for bad, message in (({"split": "test"}, 'must be "train" or "heldout"'), ({}, "marks every record")):
+        rows = [
+            {"prompt": "q", "completion": "a", "split": "heldout"},
+            {"prompt": "r", "completion": "b"} | bad,
+        ]
+        if not bad:
+            rows = rows[:1] * 2
+        with pytest.raises(LifelongError, match=message):
+            load_task(write_jsonl(tmp_path / "bad.jsonl", rows))
+
+
 def test_skills_are_generated_right_and_held_out_apart() -> None:
     tasks = parse_skills("skills:train=300,heldout=50,seed=3")
     assert [t.name for t in tasks] == list(SKILL_NAMES)

@@ -106,6 +106,12 @@ def test_the_general_watch_set_ships_with_the_package() -> None:
     (general,) = watch.sets
     assert general.name == "general" and general.choices is not None and len(general.choices) >= 300
     assert all(0 <= item.correct < len(item.choices) for item in general.choices)
+    # A sample of it, evenly spaced: the first item, and items from its last kind too.
+    (sample,) = load_watch([f"{GENERAL}:items=60"], tokenizer, settings(), exact_match, "exact match").sets
+    assert sample.choices is not None and len(sample.choices) == 60
+    assert sample.choices[0] == general.choices[0] and sample.choices[-1] in general.choices[-10:]
+    with pytest.raises(LifelongError, match="items= is how many"):
+        load_watch([f"{GENERAL}:items=0"], tokenizer, settings(), exact_match, "exact match")
 
 
 class _Sized:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
@@ -289,6 +289,9 @@ class AdapterLibrary:
                         f"PEFT cannot add adapter '{task}' with this LoRA config: {err}"
                     ) from None
                 details = training.train_adapter(peft, task, data, held_out, args, self.device, self.kind)
+                if self.kind == "causal-lm":
+                    embedded = routing.encoded_embeddings(peft, data)
+                    details["router"] = routing.fit_signature(embedded).to_json()
                 meta = self._record(task, config, kind="trained") | details
                 store.save_adapter(peft, self.root, task, meta, overwrite=overwrite)
             except BaseException:
@@ -317,7 +320,7 @@ class AdapterLibrary:
             raise LifelongError(
                 f"got {len(names)} adapter names for {len(data)} examples; give one per example"
             )
-        for name in set(names) - {"__base__"}:
+        for name in set(names) - {routing.BASE}:
             self._attach(name, self._meta(name))
         peft = self._require_peft()
         peft.eval()
@@ -326,13 +329,23 @@ class AdapterLibrary:
 
     @torch.no_grad()
     def route(
-        self, inputs: Any, tasks: Sequence[str] | None = None, *, batch_size: int = 32, max_length: int = 128
+        self,
+        inputs: Any,
+        tasks: Sequence[str] | None = None,
+        *,
+        by: Literal["loss", "prompts"] = "loss",
+        batch_size: int = 32,
+        max_length: int = 128,
     ) -> RouteResult:
-        """For each example, the adapter that explains it best: lowest loss (causal LM) or highest
-        confidence (classifier: softmax probability of its best label among the labels it was trained on).
+        """For each example, the adapter that explains it best.
 
-        Every candidate scores every example in one forward pass per chunk: the chunk is repeated once
-        per adapter and PEFT's per-sample ``adapter_names`` sends each copy through its adapter.
+        ``by="loss"``: every candidate scores every example in one forward pass per chunk (the chunk
+        repeated once per adapter, PEFT's per-sample ``adapter_names`` sending each copy through its
+        adapter); lowest loss wins (causal LM), or highest confidence (classifier: softmax probability
+        of its best label among the labels it was trained on). ``by="prompts"`` (causal LM): where the
+        example sits in the bare base's hidden space against where each adapter's training data sat
+        (`routing.PromptSignature`, recorded when it was trained); outside every adapter's radius it
+        goes to the bare base, ``"__base__"``: a question no adapter was trained for.
         ``tasks`` defaults to every trained (not merged) adapter on disk.
         """
         candidates = (
@@ -344,6 +357,11 @@ class AdapterLibrary:
             raise LifelongError(f"there are no adapters to route between in {self.root}; train some first")
         metas = {task: self._meta(task) for task in candidates}
         data = self.encode(inputs, max_length=max_length, labels=False)
+        if by == "prompts":
+            if self.kind != "causal-lm":
+                raise LifelongError("routing by prompts is for causal-LM adapters; route classifiers by loss")
+            embedded = routing.encoded_embeddings(self._peft or self.base, data, batch_size)
+            return routing.route_by_signature(embedded, self.signatures(candidates))
         for task in candidates:
             self._attach(task, metas[task])
         peft = self._require_peft()
@@ -356,6 +374,10 @@ class AdapterLibrary:
         return routing.route_examples(
             peft, data, candidates, own_labels, batch_size=batch_size, device=self.device, kind=self.kind
         )
+
+    def signatures(self, tasks: Sequence[str]) -> dict[str, routing.PromptSignature]:
+        """Where each adapter's training prompts sit, as recorded when it was trained."""
+        return routing.signatures({task: self._meta(task) for task in tasks})
 
     # ---- merging, export and delete -------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,9 +13,12 @@ import torch
 from lifelong.adapters.base import ModelKind
 from lifelong.adapters.peft_calls import freeze
 from lifelong.adapters.training import Encoded, token_losses
+from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
     from peft import PeftModel
+
+BASE = "__base__"  # the bare base model as a routing candidate (PEFT's name for it in adapter_names)
 
 
 @dataclass
@@ -49,14 +53,14 @@ def mixed_logits(peft: PeftModel, ids: torch.Tensor, mask: torch.Tensor, names: 
     """One forward pass with a per-sample adapter; one pass per adapter where PEFT cannot mix
     them (DoRA adapters, merged weights), with the same result."""
     # Ask first rather than catch PEFT's refusal: a refused call leaves its forward hooks behind.
-    if not any(getattr(peft.peft_config[n], "use_dora", False) for n in set(names) - {"__base__"}):
+    if not any(getattr(peft.peft_config[n], "use_dora", False) for n in set(names) - {BASE}):
         logits: torch.Tensor = peft(input_ids=ids, attention_mask=mask, adapter_names=names).logits
         return logits
     active = peft.active_adapters
     parts: dict[str, torch.Tensor] = {}
     for name in dict.fromkeys(names):
         rows = torch.tensor([i for i, n in enumerate(names) if n == name], device=ids.device)
-        if name == "__base__":
+        if name == BASE:
             with peft.disable_adapter():
                 parts[name] = peft(input_ids=ids[rows], attention_mask=mask[rows]).logits
         else:
@@ -124,4 +128,91 @@ def route_examples(
         all_scores=all_scores,
         metric="loss" if own_labels is None else "confidence",
         predictions=None if own_labels is None else torch.cat(predictions).cpu()[rows, pick].tolist(),
+    )
+
+
+# ---- routing by where a prompt sits ------------------------------------------------------------------------
+
+RADIUS_MARGIN = 1.5  # a new prompt belongs to a task up to 1.5x its farthest training prompt
+
+
+@dataclass
+class PromptSignature:
+    """Where a task's prompts sit in the base model's hidden space: their mean direction (unit length),
+    and how far from it (cosine distance) its training prompts reach, with a margin."""
+
+    centroid: torch.Tensor
+    radius: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"centroid": self.centroid.tolist(), "radius": self.radius}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> PromptSignature:
+        return cls(torch.tensor(value["centroid"], dtype=torch.float32), float(value["radius"]))
+
+
+@torch.no_grad()
+def prompt_embeddings(
+    model: Any, prompts: list[list[int]], pad_id: int, batch_size: int = 32
+) -> torch.Tensor:
+    """``[N, hidden]``: each prompt's last hidden states averaged over its tokens, unit length, through
+    the bare base (a PEFT model's adapters are off for it): the same space whichever adapter trains."""
+    device = next(model.parameters()).device
+    context = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    backbone = getattr(model, "get_base_model", lambda: model)().base_model  # no LM head: only hidden states
+    out = []
+    with context:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([p + [pad_id] * (width - len(p)) for p in chunk], device=device)
+            mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in chunk], device=device)
+            hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            mean = (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+            out.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
+    return torch.cat(out)
+
+
+def encoded_embeddings(model: Any, data: Encoded, batch_size: int = 32) -> torch.Tensor:
+    """`prompt_embeddings` of right-padded examples."""
+    lengths = data.attention_mask.sum(dim=1).tolist()
+    rows = [ids[:n].tolist() for ids, n in zip(data.input_ids, lengths, strict=True)]
+    return prompt_embeddings(model, rows, pad_id=0, batch_size=batch_size)
+
+
+def signatures(metas: Mapping[str, Mapping[str, Any]]) -> dict[str, PromptSignature]:
+    """The `PromptSignature` of each adapter's record, refusing one that has none."""
+    unsigned = [task for task, meta in metas.items() if not meta.get("router")]
+    if unsigned:
+        raise LifelongError(
+            f"adapter '{unsigned[0]}' has no record of where its training prompts sit (trained before "
+            "that was kept); retrain it, or route by loss"
+        )
+    return {task: PromptSignature.from_json(meta["router"]) for task, meta in metas.items()}
+
+
+def fit_signature(embeddings: torch.Tensor) -> PromptSignature:
+    centroid = torch.nn.functional.normalize(embeddings.mean(dim=0), dim=0)
+    farthest = float((1 - embeddings @ centroid).max())
+    return PromptSignature(centroid, max(farthest, 1e-6) * RADIUS_MARGIN)
+
+
+def route_by_signature(embeddings: torch.Tensor, signatures: Mapping[str, PromptSignature]) -> RouteResult:
+    """Each prompt to the task whose prompts it sits among (nearest in units of each task's radius), or
+    to the bare base (`BASE`) when it is outside every task's radius: a question no task trained on.
+    Scores are those distances; the base's is 1, the edge of every radius."""
+    names = list(signatures)
+    centroids = torch.stack([signatures[n].centroid for n in names])
+    radii = torch.tensor([signatures[n].radius for n in names])
+    relative = (1 - embeddings @ centroids.T) / radii
+    all_scores = torch.cat([relative, torch.ones(len(relative), 1)], dim=1)
+    best, pick = all_scores.min(dim=1)  # a tie at the edge goes to the task (it comes first)
+    candidates = [*names, BASE]
+    return RouteResult(
+        tasks=candidates,
+        choices=[candidates[int(k)] for k in pick],
+        scores=best.tolist(),
+        all_scores=all_scores,
+        metric="distance",
     )

@@ -275,23 +275,33 @@ def route(
     tasks: Annotated[
         str | None, typer.Option(help="Comma-separated candidates.  [default: all trained]")
     ] = None,
+    by: Annotated[
+        str,
+        typer.Option(
+            help="loss: each adapter's loss (causal LM) or confidence (classifier); prompts (causal LM): "
+            "nearest adapter's training prompts, else the bare base (__base__)."
+        ),
+    ] = "loss",
     kind: Kind = None,
     num_labels: Labels = None,
     json_: Json = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
-    """Pick the adapter for each example: lowest loss (causal LM) or highest confidence (classifier)."""
+    """Pick the adapter for each example: lowest loss (causal LM), highest confidence (classifier), or
+    with --by prompts the adapter trained on prompts like it, else the bare base."""
+    if by not in ("loss", "prompts"):
+        raise LifelongError(f"--by must be loss or prompts, got {by!r}")
     examples: list[Any] = list(text or [])
     if data is not None:
         examples += read_examples(data)
     if not examples:
         raise LifelongError("nothing to route; give --text or --data")
     candidates = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    result = _library(base, root, kind, num_labels, allow_pickle).route(examples, candidates)
+    result = _library(base, root, kind, num_labels, allow_pickle).route(examples, candidates, by=by)  # type: ignore[arg-type]
     if json_:
         _echo_json(result.to_json())
         return
-    wins = "lower" if result.metric == "loss" else "higher"
+    wins = "higher" if result.metric == "confidence" else "lower"
     table = Table(title=f"routing ({safe_text(result.metric)}: {wins} wins)")
     for column in ("#", "example", "adapter", result.metric, *(["prediction"] if result.predictions else [])):
         table.add_column(column)

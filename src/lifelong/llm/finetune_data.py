@@ -190,6 +190,39 @@ def measure_task(
     return Measure(score, score_se, loss, loss_se, items)
 
 
+def subset(task: Prepared, rows: Sequence[int]) -> Prepared:
+    """``task`` with only the held-out items ``rows``."""
+    choices = None if task.choices is None else [task.choices[i] for i in rows]
+    return dataclasses.replace(task, heldout=[task.heldout[i] for i in rows], choices=choices)
+
+
+def pooled(parts: Sequence[Measure]) -> dict[str, Any]:
+    """Measures of disjoint parts of one set as the set's: means weighted by items, and the standard
+    error of that weighted mean (the parts are independent)."""
+    items = sum(m.items for m in parts)
+
+    def mean(values: list[float | None]) -> float | None:
+        if any(v is None for v in values):
+            return None
+        return sum(m.items * v for m, v in zip(parts, values, strict=True) if v is not None) / items
+
+    def error(values: list[float | None]) -> float | None:
+        if any(v is None for v in values):
+            return None
+        return (
+            sum((m.items / items * v) ** 2 for m, v in zip(parts, values, strict=True) if v is not None)
+            ** 0.5
+        )
+
+    return {
+        "score": mean([m.score for m in parts]),
+        "score_se": error([m.score_se for m in parts]),
+        "loss": mean([m.loss for m in parts]),
+        "loss_se": error([m.loss_se for m in parts]),
+        "items": items,
+    }
+
+
 def evaluate_task(
     model: Any, task: Prepared, tokenizer: Any, metric: Metric, settings: FinetuneSettings
 ) -> tuple[float | None, float]:

@@ -9,15 +9,18 @@ task copies are in the library on disk, which loads them again when a merge need
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lifelong.adapters import AdapterLibrary, peft_call
+from lifelong.adapters.routing import fit_signature, prompt_embeddings
 from lifelong.errors import LifelongError
+from lifelong.llm.finetune_data import Prepared
 from lifelong.llm.models import offline, resolve_model_folder
 
 LORA_LR = 2e-4  # the usual LoRA rate for a pretrained model; full fine-tuning continues at DEFAULT_LR
@@ -66,9 +69,16 @@ def keep_adapters(library: AdapterLibrary, tasks: Collection[str]) -> None:
 
 
 def store_adapter(
-    library: AdapterLibrary, peft: Any, task: str, size: int, score: float | None, loss: float
+    library: AdapterLibrary,
+    peft: Any,
+    task: str,
+    size: int,
+    score: float | None,
+    loss: float,
+    prompts: list[list[int]],
 ) -> None:
-    """Copy the training adapter's current weights into an adapter named ``task`` and save it in the library."""
+    """Copy the training adapter's current weights into an adapter named ``task`` and save it in the
+    library, with where its training ``prompts`` sit (what routing by prompts compares new ones with)."""
     config = copy.deepcopy(peft.peft_config[LORA_ADAPTER])
     with peft_call():
         peft.add_adapter(task, config)
@@ -84,6 +94,7 @@ def store_adapter(
         config,
         {
             "training": {"continual": True, "after": task},
+            "router": fit_signature(prompt_embeddings(peft, prompts, pad_id=0)).to_json(),
             "data_size": size,
             "eval": {
                 "metric": "exact match" if score is not None else "loss",
@@ -93,6 +104,31 @@ def store_adapter(
             },
         },
     )
+
+
+def adapter_of(task: Prepared, index: int, last: int) -> str | None:
+    """The adapter task ``index`` answers through once tasks up to ``last`` are trained: its own (the
+    training adapter for the task just trained, which is its adapter), or the bare base (None) for known
+    data and for a task not trained yet."""
+    if task.known or index > last:
+        return None
+    return LORA_ADAPTER if index == last else task.name
+
+
+@contextlib.contextmanager
+def answering_through(library: AdapterLibrary, peft: Any, adapter: str | None) -> Iterator[None]:
+    """``peft`` answers through ``adapter`` (a stored task's, the training one, or None: the bare base),
+    then trains on through the training adapter."""
+    if adapter is None:
+        with peft.disable_adapter():
+            yield
+        return
+    if adapter != LORA_ADAPTER:
+        library.load(adapter)
+    try:
+        yield
+    finally:
+        peft.set_adapter(LORA_ADAPTER)  # also makes the training adapter, and it alone, trainable again
 
 
 def load_task_adapter(model: str | Path, root: str | Path, task: str) -> Any:

@@ -9,18 +9,31 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lifelong.adapters.routing import BASE, prompt_embeddings, route_by_signature
 from lifelong.core.checkpoint import CHECKPOINT_FILES, latest_checkpoint
 from lifelong.llm.answers import Metric, Prompt
 from lifelong.llm.batches import PaddingCollator, examples_dataset, pack_examples, pad_id_of
 from lifelong.llm.callbacks import quiet_logs
-from lifelong.llm.finetune_data import FinetuneSettings, Measure, Prepared, evaluate_all, row_text
+from lifelong.llm.finetune_data import (
+    FinetuneSettings,
+    Measure,
+    Prepared,
+    evaluate_all,
+    measure_task,
+    pooled,
+    row_text,
+    subset,
+)
 from lifelong.llm.finetune_lora import (
     LORA_ADAPTER,
+    adapter_of,
+    answering_through,
     keep_adapters,
     load_training_adapter,
     store_adapter,
@@ -82,9 +95,18 @@ class FinetuneRun:
     watch: Watch
     initial: Row  # the model as given
 
-    def measure(self, model: Any) -> Row:
-        tasks = evaluate_all(model, self.tasks, self.tokenizer, self.metric, self.settings)
-        return Row(tasks, self.watch.measure(model, self.tokenizer))
+    def measure(self, model: Any, library: AdapterLibrary | None = None, last: int = 0) -> Row:
+        """Every task and watch set scored. Under LoRA (``library``) each answers through its own adapter
+        (`adapter_of`), with tasks up to ``last`` trained, and the watch sets through the bare base."""
+        if library is None:
+            tasks = evaluate_all(model, self.tasks, self.tokenizer, self.metric, self.settings)
+            return Row(tasks, self.watch.measure(model, self.tokenizer))
+        tasks = []
+        for j, task in enumerate(self.tasks):
+            with answering_through(library, model, adapter_of(task, j, last)):
+                tasks.append(measure_task(model, task, self.tokenizer, self.metric, self.settings))
+        # The watch sets answer through the bare base, which never changes: its scores are the initial ones.
+        return Row(tasks, copy.deepcopy(self.initial.watch))
 
     def row_text(self, row: Row) -> str:
         text = row_text(self.tasks, row.tasks)
@@ -198,14 +220,16 @@ class FinetuneRun:
         )
         scores.train_seconds += seconds
         evaluating = time.perf_counter()
-        row = self.measure(model)
+        row = self.measure(model, trained.library, t)
         scores.eval_seconds += time.perf_counter() - evaluating
         row.add_to(scores)
         self.console.print(f"  trained in {seconds:.0f}s; after it: " + self.row_text(row))
         if trained.library is None:
             checkpoints.commit(t, scores, strategies, files=lambda f: write_model(model, self.tokenizer, f))
             return
-        store_adapter(trained.library, model, task.name, len(examples), row.tasks[t].score, row.tasks[t].loss)
+        prompts = [e.prompt_ids or e.input_ids for e in task.train]
+        score, loss = row.tasks[t].score, row.tasks[t].loss
+        store_adapter(trained.library, model, task.name, len(examples), score, loss, prompts)
         checkpoints.commit(t, scores, strategies, model=training_adapter(model))
 
     def _examples(self, t: int, plan: Plan, model: Any) -> list[Example]:
@@ -268,9 +292,35 @@ class FinetuneRun:
             return record
         names = [t.name for t in self.tasks if not t.known]
         record["adapters"] = {"root": str(trained.library.root), "tasks": names}
+        record["routed"] = self._routed(trained.library, trained.model, names)
         if merge:
             record["merged"] = self._merged(trained.library, names)
         return record
+
+    def _routed(self, library: AdapterLibrary, peft: Any, names: list[str]) -> dict[str, Any]:
+        """Every task's and watch set's held-out prompts routed by where they sit among the task adapters'
+        training prompts, or else to the bare base (`route_by_signature`), and scored through what each
+        was sent to: the run as deployed without being told the task."""
+        sets = [*self.tasks, *self.watch.sets]
+        expected = [BASE if t.known else t.name for t in self.tasks] + [BASE] * len(self.watch.sets)
+        prompts = [e.prompt_ids or e.input_ids for s in sets for e in s.heldout]
+        embedded = prompt_embeddings(peft, prompts, pad_id_of(self.tokenizer), self.settings.eval_batch_size)
+        route = route_by_signature(embedded, library.signatures(names))
+        initial = [*self.initial.tasks, *(Measure(**m) for m in self.initial.watch)]
+        out, start = [], 0
+        for task, right, as_given in zip(sets, expected, initial, strict=True):
+            choices = route.choices[start : start + len(task.heldout)]
+            start += len(task.heldout)
+            parts = [as_given] if set(choices) == {BASE} else []  # the bare base, as measured at the start
+            for adapter in dict.fromkeys(choices) if not parts else ():
+                rows = [i for i, c in enumerate(choices) if c == adapter]
+                with answering_through(library, peft, None if adapter == BASE else adapter):
+                    part = measure_task(peft, subset(task, rows), self.tokenizer, self.metric, self.settings)
+                parts.append(part)
+            routed = {"name": task.name, "expected": right, "routed_to": dict(Counter(choices))}
+            out.append(routed | {"right": choices.count(right) / len(choices)} | pooled(parts))
+        right = sum(r["right"] * r["items"] for r in out) / max(sum(r["items"] for r in out), 1)
+        return {"by": "prompts", "right": right, "sets": out}
 
     def _final_model(self, model: Any, checkpoints: Path) -> Path:
         """The trained model as a folder of its own: the newest checkpoint holds it as trained (nothing
@@ -286,10 +336,12 @@ class FinetuneRun:
         info = library.merge(tasks, method="cat", name="merged")
         peft = library.peft_model
         measured = evaluate_all(peft, self.tasks, self.tokenizer, self.metric, self.settings)
+        watch = self.watch.measure(peft, self.tokenizer)
         assert peft is not None
         peft.set_adapter(LORA_ADAPTER)
         scores, losses = [m.score for m in measured], [m.loss for m in measured]
-        return {"adapter": info.task, "path": str(info.path), "scores": scores, "loss": losses}
+        merged = {"adapter": info.task, "path": str(info.path), "scores": scores, "loss": losses}
+        return merged | {"scores_se": [m.score_se for m in measured], "watch": watch}
 
     # ---- one task with the Trainer ----------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -52,6 +52,7 @@ class Record:
     text: str | None = None
     choices: tuple[str, ...] | None = None  # a multiple-choice question: its choices, and the right one
     correct: int | None = None
+    heldout: bool | None = None  # the record's "split" key: "heldout" or "train"; None: split by position
 
     @property
     def answered(self) -> bool:
@@ -117,10 +118,21 @@ def read_records(path: str | Path, prompts_only: bool = False) -> list[Record]:
     return records
 
 
+SPLITS = {"train": False, "heldout": True}
+
+
 def parse_record(line: str, where: str, prompts_only: bool = False) -> Record:
     row = parse_json(line, where)
     if not isinstance(row, dict):
         raise LifelongError(f"{where} is a JSON {type(row).__name__}, not an object with {FORMATS}")
+    split = row.pop("split", None)
+    if split is not None and split not in SPLITS:
+        raise LifelongError(f'{where}: "split" must be "train" or "heldout", got {json.dumps(split)[:40]}')
+    record = _record(row, where, prompts_only)
+    return record if split is None else replace(record, heldout=SPLITS[split])
+
+
+def _record(row: dict[str, Any], where: str, prompts_only: bool) -> Record:
     if "messages" in row:
         return Record(where, messages=_messages(row["messages"], where, need_answer=not prompts_only))
     if "choices" in row and not prompts_only:
@@ -219,12 +231,22 @@ def _messages(value: Any, where: str, need_answer: bool = True) -> tuple[Mapping
 
 
 def load_task(path: str | Path, name: str | None = None) -> InstructionTask:
-    """A JSONL file as one task: one record in ten held out for evaluation (at least one)."""
+    """A JSONL file as one task: the records marked ``"split": "heldout"`` held out for evaluation, or
+    where none is marked, one record in ten (at least one)."""
     records = read_records(path)
     if len(records) < 2:
         raise LifelongError(
             f"{path} has one record; a task needs at least two (one is held out for evaluation)"
         )
+    if any(r.heldout is not None for r in records):
+        train = [r for r in records if not r.heldout]
+        heldout = [r for r in records if r.heldout]
+        if not train or not heldout:
+            raise LifelongError(
+                f'{path} marks every record "split": "{"heldout" if heldout else "train"}"; '
+                "a task needs records of both splits"
+            )
+        return InstructionTask(name or Path(path).stem, train, heldout, str(path))
     train, heldout = split_documents(records)
     if not heldout:
         train, heldout = records[:-1], records[-1:]

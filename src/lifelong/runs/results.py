@@ -212,6 +212,27 @@ RESULT_FIELDS = (
             Field("path", STRING, "the merged adapter's folder", required=True),
             Field("scores", ROW, "the merged adapter's score on each task", required=True),
             Field("loss", ROW, "the merged adapter's answer loss on each task", required=True),
+            Field("scores_se", ROW, "the standard error of each of those scores"),
+            Field("watch", OBJECTS, "each watch set scored through the merged adapter: score, loss, items"),
+        ),
+    ),
+    Field(
+        "routed",
+        OBJECT,
+        "lifelong finetune with LoRA: held-out prompts routed to the adapter trained on prompts like them, "
+        "else to the bare base, and scored through it",
+        fields=(
+            Field(
+                "by", STRING, "how prompts were routed: prompts (where they sit in the base's hidden space)"
+            ),
+            Field("right", NUMBER, "the share of all routed prompts sent where they belong", required=True),
+            Field(
+                "sets",
+                OBJECTS,
+                "per task, then per watch set: name, expected (its adapter, or __base__), routed_to (counts "
+                "per adapter), right (share), and score, score_se, loss, loss_se, items through the routes",
+                required=True,
+            ),
         ),
     ),
 )
