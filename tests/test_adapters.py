@@ -40,6 +40,7 @@ from lifelong.adapters import (
     config_hash,
     list_adapters,
 )
+from lifelong.adapters.routing import RADIUS_MARGIN, PromptSignature, fit_signature, route_by_signature
 from lifelong.errors import LifelongError
 
 VOCAB = 260
@@ -389,6 +390,21 @@ def test_routing_by_prompts_sends_what_no_adapter_trained_on_to_the_base(trained
         AdapterLibrary(trained.base, trained.root, kind="classification", num_labels=2).route(
             examples[:1], ["arith"], by="prompts"
         )
+
+
+def test_a_prompt_signature_reaches_as_far_as_its_training_prompts_and_a_margin() -> None:
+    east, north = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    spread = torch.nn.functional.normalize(torch.stack([east + 0.1 * north, east - 0.1 * north]), dim=1)
+    signature = fit_signature(spread)
+    assert torch.allclose(signature.centroid, east)
+    farthest = float(1 - spread[0] @ east)
+    assert signature.radius == pytest.approx(farthest * RADIUS_MARGIN)
+    again = PromptSignature.from_json(json.loads(json.dumps(signature.to_json())))
+    assert torch.equal(again.centroid, signature.centroid) and again.radius == signature.radius
+    queries = torch.nn.functional.normalize(torch.stack([east + 0.12 * north, north, east + north]), dim=1)
+    result = route_by_signature(queries, {"east": signature, "north": fit_signature(north[None])})
+    # Inside east's radius; exactly north; between the two, outside both: the bare base.
+    assert result.choices == ["east", "north", "__base__"]
 
 
 def test_mixed_batch_sends_each_example_through_its_own_adapter(trained: AdapterLibrary) -> None:

@@ -26,6 +26,7 @@ from lifelong.llm.finetune import (
     load_task_adapter,
     prepare,
 )
+from lifelong.llm.finetune_data import Measure, pooled
 from lifelong.llm.instruct import DISTILL_MASK, IGNORE, load_task
 from lifelong.llm.models import load_model, resolve_model_folder
 from lifelong.llm.plans import parse_plans
@@ -120,6 +121,18 @@ def test_own_answers_never_read_the_first_tasks_file_again(
     result = document["results"][0]
     assert result["strategy"] == strategy
     assert result["accuracy_matrix"] == [[1.0, 1.0], [1.0, 1.0]]  # the metric given, not exact match
+
+
+def test_parts_of_a_set_pool_into_the_sets_mean_and_standard_error() -> None:
+    right, wrong = Measure(1.0, 0.0, 0.2, 0.01, items=3), Measure(0.5, 0.25, 1.0, 0.1, items=1)
+    whole = pooled([right, wrong])
+    assert (
+        whole["items"] == 4 and whole["score"] == (3 * 1.0 + 0.5) / 4 and whole["loss"] == (3 * 0.2 + 1.0) / 4
+    )
+    assert whole["score_se"] == pytest.approx(0.25 / 4) and whole["loss_se"] == pytest.approx(
+        ((0.03 / 4) ** 2 + (0.1 / 4) ** 2) ** 0.5
+    )
+    assert pooled([Measure(None, None, 1.0, 0.0, items=2)])["score"] is None  # plain text has no score
 
 
 def test_lora_keeps_one_adapter_per_task_that_reloads_exactly(
