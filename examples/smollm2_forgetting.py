@@ -123,7 +123,7 @@ def measures(run: dict[str, Any]) -> dict[str, dict[str, float]]:
             out[name] |= {
                 "routing_right": routed["right"],
                 "routed_watch_gap": watch["initial"] - routed_watch["score"],
-                "routed_watch_se": watch["initial_se"],
+                "routed_watch_se": (watch["initial_se"] ** 2 + routed_watch["score_se"] ** 2) ** 0.5,
             }
     return out
 
@@ -168,7 +168,7 @@ def main() -> None:
     console.print(
         f"LoRA: routing right for {statistics.fmean(m['routing_right'] for m in lora):.1%} of held-out prompts; "
         f"routed general vs the base: {spread([m['routed_watch_gap'] for m in lora])} "
-        f"(its standard error {statistics.fmean(m['routed_watch_se'] for m in lora):.3f})"
+        f"(standard error of the difference {statistics.fmean(m['routed_watch_se'] for m in lora):.3f})"
     )
     (options.out / "summary.json").write_text(json.dumps(per_seed, indent=2), encoding="utf-8")
     console.print(f"per seed: {options.out / 'summary.json'}; wall time {time.perf_counter() - started:.0f}s")

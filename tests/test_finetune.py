@@ -124,14 +124,14 @@ def test_own_answers_never_read_the_first_tasks_file_again(
 
 
 def test_parts_of_a_set_pool_into_the_sets_mean_and_standard_error() -> None:
-    right, wrong = Measure(1.0, 0.0, 0.2, 0.01, items=3), Measure(0.5, 0.25, 1.0, 0.1, items=1)
+    """Scores weigh by items, losses by answer tokens, as a whole set's are measured."""
+    right = Measure(1.0, 0.0, 0.2, 0.01, items=3, tokens=6)
+    wrong = Measure(0.5, 0.25, 1.0, 0.1, items=1, tokens=2)
     whole = pooled([right, wrong])
-    assert (
-        whole["items"] == 4 and whole["score"] == (3 * 1.0 + 0.5) / 4 and whole["loss"] == (3 * 0.2 + 1.0) / 4
-    )
-    assert whole["score_se"] == pytest.approx(0.25 / 4) and whole["loss_se"] == pytest.approx(
-        ((0.03 / 4) ** 2 + (0.1 / 4) ** 2) ** 0.5
-    )
+    assert whole["items"] == 4 and whole["score"] == (3 * 1.0 + 0.5) / 4
+    assert whole["loss"] == pytest.approx((6 * 0.2 + 2 * 1.0) / 8)
+    assert whole["score_se"] == pytest.approx(0.25 / 4)
+    assert whole["loss_se"] == pytest.approx(((6 / 8 * 0.01) ** 2 + (2 / 8 * 0.1) ** 2) ** 0.5)
     assert pooled([Measure(None, None, 1.0, 0.0, items=2)])["score"] is None  # plain text has no score
 
 

@@ -165,7 +165,10 @@ def test_records_marked_heldout_are_the_held_out_part(tmp_path: Path) -> None:
     ]
     task = load_task(write_jsonl(tmp_path / "marked.jsonl", rows))
     assert [r.prompt for r in task.train] == ["q0", "q3", "q6"] and len(task.heldout) == 6
-    for bad, message in (({"split": "test"}, 'must be "train" or "heldout"'), ({}, "marks every record")):
+    for bad, message in (
+        ({"split": "dev"}, 'line 2: "split" is train or heldout'),
+        ({}, "marks every record"),
+    ):
         rows = [
             {"prompt": "q", "completion": "a", "split": "heldout"},
             {"prompt": "r", "completion": "b"} | bad,

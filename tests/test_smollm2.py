@@ -220,10 +220,7 @@ def test_real_model_finetunes_from_the_command_line(
         "--max-new-tokens",
         "4",
     ]
-    args += [
-        "--eval",
-        "none",
-    ]  # the built-in watch set, on by default for a chat model, takes minutes on a CPU
+    args += ["--eval", "general:items=12"]  # the whole of it takes minutes on a CPU
     code, _, err = cli("finetune", *args, "--eval-examples", "1", "--out", str(out), "--no-progress")
     assert code == 0, err
     result = json.loads((out / "results.json").read_text())["results"][0]
@@ -231,3 +228,12 @@ def test_real_model_finetunes_from_the_command_line(
     # stays 0 after so little training; the answer's loss, through the new adapter, must fall.
     assert result["loss_matrix"][0][0] < result["initial_loss"][0]
     assert result["adapters"]["tasks"] == ["capitals"]
+    # Routed by where prompts sit: the held-out capital to its adapter, general questions to the base
+    # (but for a capital among them, which may go to the capitals adapter), where they score what the
+    # base scored before training.
+    capitals_routed, general_routed = result["routed"]["sets"]
+    assert capitals_routed["routed_to"] == {"capitals": 1}
+    assert sum(general_routed["routed_to"].values()) == general_routed["items"] == 12
+    assert general_routed["routed_to"].get("__base__", 0) >= 10
+    if general_routed["right"] == 1.0:
+        assert general_routed["score"] == result["watch"][0]["initial"]

@@ -26,8 +26,10 @@ class RouteResult:
     """Which adapter `AdapterLibrary.route` picked for each example, and why.
 
     ``scores[i]`` is the chosen adapter's score for example i; ``all_scores[i, k]`` that of
-    ``tasks[k]``. ``metric`` is ``"loss"`` (causal LM: mean token loss, lower wins) or ``"confidence"``
-    (classifier: highest softmax probability among the adapter's own labels, higher wins).
+    ``tasks[k]``. ``metric`` is ``"loss"`` (causal LM: mean token loss, lower wins), ``"confidence"``
+    (classifier: highest softmax probability among the adapter's own labels, higher wins) or
+    ``"distance"`` (routing by prompts: distance in units of each adapter's radius, lower wins; the
+    last of ``tasks`` is then `BASE`, the bare base, at 1).
     ``predictions`` holds the chosen adapter's predicted label (classifiers only).
     """
 
@@ -157,20 +159,30 @@ def prompt_embeddings(
     model: Any, prompts: list[list[int]], pad_id: int, batch_size: int = 32
 ) -> torch.Tensor:
     """``[N, hidden]``: each prompt's last hidden states averaged over its tokens, unit length, through
-    the bare base (a PEFT model's adapters are off for it): the same space whichever adapter trains."""
+    the bare base (a PEFT model's adapters are off for it): the same space whichever adapter trains.
+    The model is left as it was: its train/eval mode and which parameters train."""
     device = next(model.parameters()).device
     context = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
     backbone = getattr(model, "get_base_model", lambda: model)().base_model  # no LM head: only hidden states
+    # PEFT's disable_adapter makes the active adapter trainable again on exit, frozen or not before.
+    trains = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    model.eval()  # no dropout noise in where a prompt sits
     out = []
-    with context:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([p + [pad_id] * (width - len(p)) for p in chunk], device=device)
-            mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in chunk], device=device)
-            hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            mean = (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)
-            out.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
+    try:
+        with context:
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start : start + batch_size]
+                width = max(len(p) for p in chunk)
+                ids = torch.tensor([p + [pad_id] * (width - len(p)) for p in chunk], device=device)
+                mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in chunk], device=device)
+                hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                mean = (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+                out.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
+    finally:
+        model.train(was_training)
+        for parameter, trained in trains.items():
+            parameter.requires_grad_(trained)
     return torch.cat(out)
 
 
@@ -186,8 +198,8 @@ def signatures(metas: Mapping[str, Mapping[str, Any]]) -> dict[str, PromptSignat
     unsigned = [task for task, meta in metas.items() if not meta.get("router")]
     if unsigned:
         raise LifelongError(
-            f"adapter '{unsigned[0]}' has no record of where its training prompts sit (trained before "
-            "that was kept); retrain it, or route by loss"
+            f"adapter '{unsigned[0]}' has no record of where its training examples sit (a merge, or trained "
+            "before that was kept); route between trained adapters, retrain it, or route by loss"
         )
     return {task: PromptSignature.from_json(meta["router"]) for task, meta in metas.items()}
 

@@ -155,6 +155,7 @@ class Measure:
     loss_se: float
     items: int
     acc: float | None = None
+    tokens: int = 0  # answer tokens the loss is averaged over
 
 
 def score_name_of(task: Prepared, metric_name: str) -> str:
@@ -174,9 +175,9 @@ def measure_task(
     if task.choices is not None:
         chosen = score_choices(model, task.choices, pad, settings.eval_batch_size)
         score, score_se = mean_and_se(chosen.acc_norm)
-        return Measure(score, score_se, loss, loss_se, items, acc=sum(chosen.acc) / items)
+        return Measure(score, score_se, loss, loss_se, items, acc=sum(chosen.acc) / items, tokens=sum(counts))
     if not task.answered:
-        return Measure(None, None, loss, loss_se, items)
+        return Measure(None, None, loss, loss_se, items, tokens=sum(counts))
     answers = generate_answers(
         model, answer_prompts(task.heldout, settings.max_new_tokens), pad, settings.eval_batch_size
     )
@@ -187,7 +188,7 @@ def measure_task(
         text = tokenizer.decode(answer, skip_special_tokens=True)
         scores.append(float(metric(text.strip(), example.answer or "")))
     score, score_se = mean_and_se(scores)
-    return Measure(score, score_se, loss, loss_se, items)
+    return Measure(score, score_se, loss, loss_se, items, tokens=sum(counts))
 
 
 def subset(task: Prepared, rows: Sequence[int]) -> Prepared:
@@ -197,30 +198,22 @@ def subset(task: Prepared, rows: Sequence[int]) -> Prepared:
 
 
 def pooled(parts: Sequence[Measure]) -> dict[str, Any]:
-    """Measures of disjoint parts of one set as the set's: means weighted by items, and the standard
-    error of that weighted mean (the parts are independent)."""
+    """Measures of disjoint parts of one set as the set's: the score's mean weighted by items and the
+    loss's by answer tokens, as `measure_task` weighs them, each with the standard error of that
+    weighted mean (the parts are independent)."""
+    score, score_se = _weighted([(m.score, m.score_se, m.items) for m in parts])
+    loss, loss_se = _weighted([(m.loss, m.loss_se, m.tokens) for m in parts])
     items = sum(m.items for m in parts)
+    return {"score": score, "score_se": score_se, "loss": loss, "loss_se": loss_se, "items": items}
 
-    def mean(values: list[float | None]) -> float | None:
-        if any(v is None for v in values):
-            return None
-        return sum(m.items * v for m, v in zip(parts, values, strict=True) if v is not None) / items
 
-    def error(values: list[float | None]) -> float | None:
-        if any(v is None for v in values):
-            return None
-        return (
-            sum((m.items / items * v) ** 2 for m, v in zip(parts, values, strict=True) if v is not None)
-            ** 0.5
-        )
-
-    return {
-        "score": mean([m.score for m in parts]),
-        "score_se": error([m.score_se for m in parts]),
-        "loss": mean([m.loss for m in parts]),
-        "loss_se": error([m.loss_se for m in parts]),
-        "items": items,
-    }
+def _weighted(parts: list[tuple[float | None, float | None, int]]) -> tuple[float | None, float | None]:
+    known = [(v, e, w) for v, e, w in parts if v is not None and e is not None]
+    if len(known) < len(parts):
+        return None, None
+    total = max(sum(w for _, _, w in known), 1)
+    mean = sum(w * v for v, _, w in known) / total
+    return mean, sum((w / total * e) ** 2 for _, e, w in known) ** 0.5
 
 
 def evaluate_task(

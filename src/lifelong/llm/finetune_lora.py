@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lifelong.adapters import AdapterLibrary, peft_call
-from lifelong.adapters.routing import fit_signature, prompt_embeddings
+from lifelong.adapters.routing import PromptSignature, fit_signature, prompt_embeddings
 from lifelong.errors import LifelongError
-from lifelong.llm.finetune_data import Prepared
+from lifelong.llm.instruct import Example
 from lifelong.llm.models import offline, resolve_model_folder
 
 LORA_LR = 2e-4  # the usual LoRA rate for a pretrained model; full fine-tuning continues at DEFAULT_LR
@@ -75,10 +75,10 @@ def store_adapter(
     size: int,
     score: float | None,
     loss: float,
-    prompts: list[list[int]],
+    signature: PromptSignature,
 ) -> None:
     """Copy the training adapter's current weights into an adapter named ``task`` and save it in the
-    library, with where its training ``prompts`` sit (what routing by prompts compares new ones with)."""
+    library, with where its training prompts sit (what routing by prompts compares new ones with)."""
     config = copy.deepcopy(peft.peft_config[LORA_ADAPTER])
     with peft_call():
         peft.add_adapter(task, config)
@@ -94,7 +94,7 @@ def store_adapter(
         config,
         {
             "training": {"continual": True, "after": task},
-            "router": fit_signature(prompt_embeddings(peft, prompts, pad_id=0)).to_json(),
+            "router": signature.to_json(),
             "data_size": size,
             "eval": {
                 "metric": "exact match" if score is not None else "loss",
@@ -106,13 +106,15 @@ def store_adapter(
     )
 
 
-def adapter_of(task: Prepared, index: int, last: int) -> str | None:
-    """The adapter task ``index`` answers through once tasks up to ``last`` are trained: its own (the
-    training adapter for the task just trained, which is its adapter), or the bare base (None) for known
-    data and for a task not trained yet."""
-    if task.known or index > last:
-        return None
-    return LORA_ADAPTER if index == last else task.name
+def prompts_of(examples: Sequence[Example]) -> list[list[int]]:
+    """What generation starts from for each example (the whole example for plain text): what routing
+    by prompts compares."""
+    return [e.prompt_ids or e.input_ids for e in examples]
+
+
+def signature_of(peft: Any, examples: Sequence[Example]) -> PromptSignature:
+    """Where the prompts of a task's training ``examples`` sit in the bare base's hidden space."""
+    return fit_signature(prompt_embeddings(peft, prompts_of(examples), pad_id=0))
 
 
 @contextlib.contextmanager

@@ -32,10 +32,11 @@ from lifelong.llm.finetune_data import (
 )
 from lifelong.llm.finetune_lora import (
     LORA_ADAPTER,
-    adapter_of,
     answering_through,
     keep_adapters,
     load_training_adapter,
+    prompts_of,
+    signature_of,
     store_adapter,
     training_adapter,
     with_lora,
@@ -95,17 +96,29 @@ class FinetuneRun:
     watch: Watch
     initial: Row  # the model as given
 
-    def measure(self, model: Any, library: AdapterLibrary | None = None, last: int = 0) -> Row:
-        """Every task and watch set scored. Under LoRA (``library``) each answers through its own adapter
-        (`adapter_of`), with tasks up to ``last`` trained, and the watch sets through the bare base."""
-        if library is None:
-            tasks = evaluate_all(model, self.tasks, self.tokenizer, self.metric, self.settings)
-            return Row(tasks, self.watch.measure(model, self.tokenizer))
+    def measure(self, model: Any) -> Row:
+        tasks = evaluate_all(model, self.tasks, self.tokenizer, self.metric, self.settings)
+        return Row(tasks, self.watch.measure(model, self.tokenizer))
+
+    def lora_row(self, model: Any, t: int, scores: Scores) -> Row:
+        """After task ``t`` under LoRA, every task scored through its own adapter. Only task ``t``'s score
+        is new (the training adapter is its adapter now). An earlier task's adapter has not changed since
+        its own row, and a task not trained yet, known data and the watch sets answer through the bare
+        base, unchanged since the start: their scores are copied, not measured again."""
         tasks = []
         for j, task in enumerate(self.tasks):
-            with answering_through(library, model, adapter_of(task, j, last)):
+            if j == t:
                 tasks.append(measure_task(model, task, self.tokenizer, self.metric, self.settings))
-        # The watch sets answer through the bare base, which never changes: its scores are the initial ones.
+            elif task.known or j > t:
+                tasks.append(self.initial.tasks[j])
+            else:
+                own = (
+                    scores.matrix[j][j],
+                    scores.errors[j][j],
+                    scores.losses[j][j],
+                    scores.loss_errors[j][j],
+                )
+                tasks.append(Measure(*own, items=self.initial.tasks[j].items))
         return Row(tasks, copy.deepcopy(self.initial.watch))
 
     def row_text(self, row: Row) -> str:
@@ -220,16 +233,16 @@ class FinetuneRun:
         )
         scores.train_seconds += seconds
         evaluating = time.perf_counter()
-        row = self.measure(model, trained.library, t)
+        row = self.measure(model) if trained.library is None else self.lora_row(model, t, scores)
         scores.eval_seconds += time.perf_counter() - evaluating
         row.add_to(scores)
         self.console.print(f"  trained in {seconds:.0f}s; after it: " + self.row_text(row))
         if trained.library is None:
             checkpoints.commit(t, scores, strategies, files=lambda f: write_model(model, self.tokenizer, f))
             return
-        prompts = [e.prompt_ids or e.input_ids for e in task.train]
         score, loss = row.tasks[t].score, row.tasks[t].loss
-        store_adapter(trained.library, model, task.name, len(examples), score, loss, prompts)
+        signature = signature_of(model, task.train)
+        store_adapter(trained.library, model, task.name, len(examples), score, loss, signature)
         checkpoints.commit(t, scores, strategies, model=training_adapter(model))
 
     def _examples(self, t: int, plan: Plan, model: Any) -> list[Example]:
@@ -292,20 +305,23 @@ class FinetuneRun:
             return record
         names = [t.name for t in self.tasks if not t.known]
         record["adapters"] = {"root": str(trained.library.root), "tasks": names}
-        record["routed"] = self._routed(trained.library, trained.model, names)
+        record["routed"] = self._routed(trained.library, trained.model)
         if merge:
             record["merged"] = self._merged(trained.library, names)
         return record
 
-    def _routed(self, library: AdapterLibrary, peft: Any, names: list[str]) -> dict[str, Any]:
+    def _routed(self, library: AdapterLibrary, peft: Any) -> dict[str, Any]:
         """Every task's and watch set's held-out prompts routed by where they sit among the task adapters'
         training prompts, or else to the bare base (`route_by_signature`), and scored through what each
         was sent to: the run as deployed without being told the task."""
         sets = [*self.tasks, *self.watch.sets]
         expected = [BASE if t.known else t.name for t in self.tasks] + [BASE] * len(self.watch.sets)
-        prompts = [e.prompt_ids or e.input_ids for s in sets for e in s.heldout]
-        embedded = prompt_embeddings(peft, prompts, pad_id_of(self.tokenizer), self.settings.eval_batch_size)
-        route = route_by_signature(embedded, library.signatures(names))
+        pad, batch = pad_id_of(self.tokenizer), self.settings.eval_batch_size
+        embedded = prompt_embeddings(peft, [p for s in sets for p in prompts_of(s.heldout)], pad, batch)
+        # Made again from the tasks, as they were for the library: adapters saved by a run begun before
+        # the library kept them have none.
+        signatures = {t.name: signature_of(peft, t.train) for t in self.tasks if not t.known}
+        route = route_by_signature(embedded, signatures)
         initial = [*self.initial.tasks, *(Measure(**m) for m in self.initial.watch)]
         out, start = [], 0
         for task, right, as_given in zip(sets, expected, initial, strict=True):
@@ -332,7 +348,8 @@ class FinetuneRun:
         return link_model(latest, folder, CHECKPOINT_FILES)
 
     def _merged(self, library: AdapterLibrary, tasks: list[str]) -> dict[str, Any]:
-        """The task adapters merged (``cat``: the exact mean of their updates), scored on every task."""
+        """The task adapters merged (``cat``: the exact mean of their updates), scored on every task and
+        watch set."""
         info = library.merge(tasks, method="cat", name="merged")
         peft = library.peft_model
         measured = evaluate_all(peft, self.tasks, self.tokenizer, self.metric, self.settings)

@@ -52,7 +52,7 @@ class Record:
     text: str | None = None
     choices: tuple[str, ...] | None = None  # a multiple-choice question: its choices, and the right one
     correct: int | None = None
-    heldout: bool | None = None  # the record's "split" key: "heldout" or "train"; None: split by position
+    split: str | None = None  # the record's "split" key as given (see `SPLITS`); None: split by position
 
     @property
     def answered(self) -> bool:
@@ -118,18 +118,19 @@ def read_records(path: str | Path, prompts_only: bool = False) -> list[Record]:
     return records
 
 
-SPLITS = {"train": False, "heldout": True}
+# A record's "split": where a task's loader puts it. Exports of other tools say test or validation.
+SPLITS = {"train": False, "heldout": True, "test": True, "validation": True}
 
 
 def parse_record(line: str, where: str, prompts_only: bool = False) -> Record:
     row = parse_json(line, where)
     if not isinstance(row, dict):
         raise LifelongError(f"{where} is a JSON {type(row).__name__}, not an object with {FORMATS}")
-    split = row.pop("split", None)
-    if split is not None and split not in SPLITS:
-        raise LifelongError(f'{where}: "split" must be "train" or "heldout", got {json.dumps(split)[:40]}')
     record = _record(row, where, prompts_only)
-    return record if split is None else replace(record, heldout=SPLITS[split])
+    split = row.get("split")
+    if split is None:
+        return record
+    return replace(record, split=split if isinstance(split, str) else json.dumps(split)[:40])
 
 
 def _record(row: dict[str, Any], where: str, prompts_only: bool) -> Record:
@@ -231,16 +232,22 @@ def _messages(value: Any, where: str, need_answer: bool = True) -> tuple[Mapping
 
 
 def load_task(path: str | Path, name: str | None = None) -> InstructionTask:
-    """A JSONL file as one task: the records marked ``"split": "heldout"`` held out for evaluation, or
-    where none is marked, one record in ten (at least one)."""
+    """A JSONL file as one task: the records marked ``"split": "heldout"`` (or test, validation) held out
+    for evaluation, those marked train trained on, or where none is marked, one record in ten (at least one)."""
     records = read_records(path)
     if len(records) < 2:
         raise LifelongError(
             f"{path} has one record; a task needs at least two (one is held out for evaluation)"
         )
-    if any(r.heldout is not None for r in records):
-        train = [r for r in records if not r.heldout]
-        heldout = [r for r in records if r.heldout]
+    if any(r.split is not None for r in records):
+        odd = next((r for r in records if r.split not in SPLITS), None)
+        if odd is not None:
+            raise LifelongError(
+                f'{odd.where}: "split" is train or heldout (or test, validation), got {odd.split!r}; '
+                "mark every record of a task that marks any"
+            )
+        heldout = [r for r in records if SPLITS[str(r.split)]]
+        train = [r for r in records if not SPLITS[str(r.split)]]
         if not train or not heldout:
             raise LifelongError(
                 f'{path} marks every record "split": "{"heldout" if heldout else "train"}"; '

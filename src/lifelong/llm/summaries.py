@@ -120,16 +120,16 @@ def print_finetune_results(console: Console, document: Mapping[str, Any]) -> Non
         errors = result.get("accuracy_matrix_se") or [[None] * len(names)] * len(names)
         for name, row, row_se in zip(names, result["accuracy_matrix"], errors, strict=True):
             table.add_row(safe_text(name), *map(_with_se, row, row_se))
-        routed = {s["name"]: s for s in result.get("routed", {}).get("sets", [])}
+        routed = result.get("routed", {}).get("sets", [])  # the tasks', then the watch sets'
         if routed:
             right = f"routed, {result['routed']['right']:.0%} right"
-            table.add_row(right, *(_with_se(routed[n]["score"], routed[n]["score_se"]) for n in names))
+            table.add_row(right, *(_with_se(r["score"], r["score_se"]) for r in routed[: len(names)]))
         if "merged" in result:
             table.add_row("merged", *("—" if v is None else f"{v:.3f}" for v in result["merged"]["scores"]))
         console.print(table)
-        for name in [w["name"] for w in result.get("watch", [])] if routed else []:
-            line = f"  watch set {name} routed: {_with_se(routed[name]['score'], routed[name]['score_se'])}"
-            line += f", {routed[name]['right']:.0%} to the bare base"
+        for watched in routed[len(names) :]:
+            line = f"  watch set {watched['name']} routed: {_with_se(watched['score'], watched['score_se'])}"
+            line += f", {watched['right']:.0%} to the bare base"
             console.print(safe_text(line), highlight=False)
     print_watch(console, document)
     if len(names) < 2:

@@ -213,7 +213,11 @@ RESULT_FIELDS = (
             Field("scores", ROW, "the merged adapter's score on each task", required=True),
             Field("loss", ROW, "the merged adapter's answer loss on each task", required=True),
             Field("scores_se", ROW, "the standard error of each of those scores"),
-            Field("watch", OBJECTS, "each watch set scored through the merged adapter: score, loss, items"),
+            Field(
+                "watch",
+                OBJECTS,
+                "each watch set scored through the merged adapter: score, score_se, loss, loss_se, items (acc)",
+            ),
         ),
     ),
     Field(
