@@ -314,3 +314,27 @@ def test_bad_input_is_one_line_naming_file_and_line(
     assert len(stderr.strip().splitlines()) == 1
     assert f"{data} {message}" in stderr
     assert not out.exists()  # nothing half-written
+
+
+def test_a_given_models_first_task_is_shared_where_every_composition_trains_it_as_naive(
+    skills: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A model folder (not the from-scratch tiny-llama name): naive, replay and lwf on earlier prompts
+    train the first task alike, so it is trained once, to the numbers each gets alone."""
+    folder = str(resolve_model_folder(TINY))
+    strategies = ["naive", "replay", "lwf:prompts=earlier"]
+
+    def run(out: str, compositions: list[str]) -> dict[str, Any]:
+        return finetune(
+            folder, list(skills), tmp_path / out, strategies=compositions, settings=fast(), console=quiet()
+        )
+
+    together = run("together", strategies)
+    assert together["config"]["shared_first_task"]
+    for k, strategy in enumerate(strategies):
+        alone = run(f"alone-{k}", [strategy])
+        assert not alone["config"]["shared_first_task"]
+        for key in ("accuracy_matrix", "loss_matrix"):
+            assert alone["results"][0][key] == together["results"][k][key], (strategy, key)
+    # lwf as published distills the given model on the first task: not alike.
+    assert not run("mixed", ["naive", "lwf"])["config"]["shared_first_task"]

@@ -130,7 +130,7 @@ class FinetuneRun:
     # ---- the shared first task ------------------------------------------------------------------------
 
     def shared_first(self, base: Any) -> tuple[Any, Scores]:
-        """A from-scratch model trained on the first task (no strategies), once for every composition."""
+        """The model trained on the first task (no strategies), once for every composition."""
         with self.run.shared() as checkpoints:
             resumed = checkpoints.resume([], lambda folder, _: load_to(folder, device_of(self.settings)))
             if resumed is not None:

@@ -32,7 +32,7 @@ from lifelong.llm.answers import Prompt, generate_answers
 from lifelong.llm.data import check_replay_ratio, replay_blocks_needed
 from lifelong.llm.instruct import IGNORE, Example
 from lifelong.llm.trainer import llm_strategies
-from lifelong.strategies import LwF, Strategy, build_strategy
+from lifelong.strategies import LwF, Naive, Strategy, build_strategy
 
 DEFAULT_KEEP = 500  # prompts kept per earlier task for self-replay and lwf:prompts=earlier
 
@@ -48,6 +48,15 @@ class Plan:
     keep: int = DEFAULT_KEEP  # prompts kept per earlier task, for self-replay and lwf:prompts=earlier
     keep_given: bool = False
     strategies: list[Strategy] = field(default_factory=list)
+
+    @property
+    def first_task_plain(self) -> bool:
+        """True when this composition trains a first task exactly as plain fine-tuning does, unless the
+        run is given self-replay prompts: nothing is earlier to replay or ask, and its only loss term, if
+        any, is lwf on earlier prompts, which with none distills nothing."""
+        return all(
+            isinstance(s, Naive) or (isinstance(s, LwF) and self.distill_ratio) for s in self.strategies
+        )
 
 
 # ---- compositions ---------------------------------------------------------------------------------------
