@@ -137,10 +137,11 @@ def print_finetune_results(console: Console, document: Mapping[str, Any]) -> Non
     table = Table(
         title=f"forgetting of the first task, {safe_text(names[0])} (drop: {score}; rise: answer loss)"
     )
-    table.add_column("strategy", no_wrap=True)
+    # A long composition's name folds onto more lines rather than cutting the numbers short.
+    table.add_column("strategy", overflow="fold")
     # "cut": the share of naive's drop (or loss rise) that the strategy avoids.
     for column in ("drop", "cut", "loss rise", "loss cut", "final mean", "train s"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for row in forgetting_rows(document):
         table.add_row(
             safe_text(row["strategy"]),
