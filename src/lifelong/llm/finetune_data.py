@@ -165,19 +165,24 @@ def score_name_of(task: Prepared, metric_name: str) -> str:
 def measure_task(
     model: Any, task: Prepared, tokenizer: Any, metric: Metric, settings: FinetuneSettings
 ) -> Measure:
-    """``task``'s held-out part scored: its answer loss, and its metric or multiple-choice accuracy."""
+    """``task``'s held-out part scored: its answer loss, and its metric or multiple-choice accuracy.
+    For multiple choice the loss is the right choice's, from the same pass that scores the choices."""
     pad = pad_id_of(tokenizer)
-    sums = answer_token_losses(model, task.heldout, pad, settings.eval_batch_size)
-    counts = [n for _, n in sums]
-    loss = sum(total for total, _ in sums) / max(sum(counts), 1)
-    loss_se = bootstrap_se([total / max(n, 1) for total, n in sums], counts) if sum(counts) else 0.0
     items = len(task.heldout)
     if task.choices is not None:
         chosen = score_choices(model, task.choices, pad, settings.eval_batch_size)
+        right = [
+            (-lls[q.correct], len(q.choices[q.correct]))
+            for q, lls in zip(task.choices, chosen.loglikelihoods, strict=True)
+        ]
+        loss, loss_se, tokens = _mean_loss(right)
         score, score_se = mean_and_se(chosen.acc_norm)
-        return Measure(score, score_se, loss, loss_se, items, acc=sum(chosen.acc) / items, tokens=sum(counts))
+        return Measure(score, score_se, loss, loss_se, items, acc=sum(chosen.acc) / items, tokens=tokens)
+    loss, loss_se, tokens = _mean_loss(
+        answer_token_losses(model, task.heldout, pad, settings.eval_batch_size)
+    )
     if not task.answered:
-        return Measure(None, None, loss, loss_se, items, tokens=sum(counts))
+        return Measure(None, None, loss, loss_se, items, tokens=tokens)
     answers = generate_answers(
         model, answer_prompts(task.heldout, settings.max_new_tokens), pad, settings.eval_batch_size
     )
@@ -188,7 +193,15 @@ def measure_task(
         text = tokenizer.decode(answer, skip_special_tokens=True)
         scores.append(float(metric(text.strip(), example.answer or "")))
     score, score_se = mean_and_se(scores)
-    return Measure(score, score_se, loss, loss_se, items, tokens=sum(counts))
+    return Measure(score, score_se, loss, loss_se, items, tokens=tokens)
+
+
+def _mean_loss(sums: Sequence[tuple[float, int]]) -> tuple[float, float, int]:
+    """(mean token loss, its standard error over items, tokens) from each item's (summed loss, tokens)."""
+    counts = [n for _, n in sums]
+    loss = sum(total for total, _ in sums) / max(sum(counts), 1)
+    loss_se = bootstrap_se([total / max(n, 1) for total, n in sums], counts) if sum(counts) else 0.0
+    return loss, loss_se, sum(counts)
 
 
 def subset(task: Prepared, rows: Sequence[int]) -> Prepared:
