@@ -375,6 +375,11 @@ class AdapterLibrary:
             peft, data, candidates, own_labels, batch_size=batch_size, device=self.device, kind=self.kind
         )
 
+    def signature(self, task: str) -> routing.PromptSignature | None:
+        """Where ``task``'s training examples sat, as recorded when it was trained (None: not recorded)."""
+        value = self._meta(task).get("router")
+        return routing.PromptSignature.from_json(value) if value else None
+
     def signatures(self, tasks: Sequence[str]) -> dict[str, routing.PromptSignature]:
         """Where each adapter's training prompts sit, as recorded when it was trained."""
         return routing.signatures({task: self._meta(task) for task in tasks})
@@ -402,7 +407,7 @@ class AdapterLibrary:
         classifier adapter has its own head, and heads cannot be merged.
         """
         plan = merging.plan_merge(tasks, weights, method, name, density=density, svd_rank=svd_rank)
-        metas = self._merge_parents(plan)
+        metas = merging.merge_parents(self.root, plan, self.kind, self._meta)
         for task in plan.tasks:
             self._attach(task, metas[task])
         peft = self._require_peft()
@@ -422,25 +427,6 @@ class AdapterLibrary:
             raise
         self._loaded.add(plan.name)
         return self.info(plan.name)
-
-    def _merge_parents(self, plan: merging.MergePlan) -> dict[str, dict[str, Any]]:
-        """The records of the adapters to merge, refusing any merge that cannot work."""
-        if (self.root / plan.name).exists():
-            raise LifelongError(
-                f"an adapter named '{plan.name}' already exists in {self.root}; pass another name"
-            )
-        if self.kind == "classification":
-            raise LifelongError(
-                "classifier adapters each carry their own head (modules_to_save), and PEFT cannot merge heads; "
-                "merge causal-LM adapters, or use route() to pick a classifier's adapter per example"
-            )
-        metas = {task: store.read_meta(store.adapter_folder(self.root, task)) for task in plan.tasks}
-        merging.check_same_base(metas)
-        for task in plan.tasks:
-            self._meta(task)  # also refuses a foreign base or missing files
-        ranks = {task: store.adapter_rank(self._folder(task)) for task in plan.tasks}
-        merging.check_ranks(plan.method, ranks)
-        return metas
 
     def merge_and_unload(self, task: str, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
         """A plain standalone model folder: the base with ``task``'s update folded into its weights.

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lifelong.adapters.peft_calls import _peft_call, _quiet_warnings, freeze
-from lifelong.adapters.store import check_task_name, save_export
+from lifelong.adapters.store import adapter_folder, adapter_rank, check_task_name, read_meta, save_export
 from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
@@ -95,6 +95,26 @@ def plan_merge(
     if method in DENSITY_METHODS and density is None:
         density = 0.5
     return MergePlan(tasks, weights, name, method, density, svd_rank)
+
+
+def merge_parents(
+    root: Path, plan: MergePlan, kind: str, checked_meta: Callable[[str], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The records of the adapters of ``root`` to merge, refusing any merge that cannot work;
+    ``checked_meta`` reads one and refuses a foreign base or missing files."""
+    if (root / plan.name).exists():
+        raise LifelongError(f"an adapter named '{plan.name}' already exists in {root}; pass another name")
+    if kind == "classification":
+        raise LifelongError(
+            "classifier adapters each carry their own head (modules_to_save), and PEFT cannot merge heads; "
+            "merge causal-LM adapters, or use route() to pick a classifier's adapter per example"
+        )
+    metas = {task: read_meta(adapter_folder(root, task)) for task in plan.tasks}
+    check_same_base(metas)
+    for task in plan.tasks:
+        checked_meta(task)
+    check_ranks(plan.method, {task: adapter_rank(adapter_folder(root, task)) for task in plan.tasks})
+    return metas
 
 
 def check_same_base(metas: Mapping[str, dict[str, Any]]) -> None:

@@ -20,7 +20,7 @@ from lifelong.errors import LifelongError
 from lifelong.experiment.run import run_experiment
 from lifelong.experiment.settings import RunConfig
 from lifelong.report import report_runs
-from lifelong.report.text import safe_text, terminal
+from lifelong.report.text import labelled, safe_text, terminal
 from lifelong.runs.results import versions
 from lifelong.strategies import REGISTRY, strategy_options
 
@@ -152,7 +152,7 @@ def _fail(message: str, status: int = 2) -> None:
     """One red line (from the main process: every process of a multi-process run meets the same error)
     and exit ``status``."""
     if is_main_process():
-        err_console.print(f"[bold red]error:[/] {safe_text(message)}", highlight=False, soft_wrap=True)
+        err_console.print(labelled("error:", "bold red", message), highlight=False, soft_wrap=True)
     sys.exit(status)
 
 

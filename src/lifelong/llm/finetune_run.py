@@ -318,9 +318,10 @@ class FinetuneRun:
         expected = [BASE if t.known else t.name for t in self.tasks] + [BASE] * len(self.watch.sets)
         pad, batch = pad_id_of(self.tokenizer), self.settings.eval_batch_size
         embedded = prompt_embeddings(peft, [p for s in sets for p in prompts_of(s.heldout)], pad, batch)
-        # Made again from the tasks, as they were for the library: adapters saved by a run begun before
-        # the library kept them have none.
-        signatures = {t.name: signature_of(peft, t.train) for t in self.tasks if not t.known}
+        # As the library keeps them; made again from the tasks for adapters saved by a run begun before
+        # the library kept them.
+        trained = [t for t in self.tasks if not t.known]
+        signatures = {t.name: library.signature(t.name) or signature_of(peft, t.train) for t in trained}
         route = route_by_signature(embedded, signatures)
         initial = [*self.initial.tasks, *(Measure(**m) for m in self.initial.watch)]
         out, start = [], 0

@@ -44,7 +44,7 @@ from lifelong.core.state import load_strategies, restore_rng, rng_state, seed_al
 from lifelong.errors import LifelongError
 from lifelong.llm.training import drop_if_empty
 from lifelong.report import write_report
-from lifelong.report.text import safe_text
+from lifelong.report.text import labelled
 from lifelong.runs.callbacks import TaskLog, commit_task
 from lifelong.runs.folder import CHECKPOINTS, RESULTS_FILE, RUN_FILE, RunFolder
 from lifelong.strategies import Strategy
@@ -286,7 +286,7 @@ def publish(
     try:
         write_report(run_dir, document)
     except LifelongError as err:  # the results are written; a report problem must not hide them
-        console.print(f"[yellow]report not written:[/] {safe_text(str(err))}", highlight=False)
+        console.print(labelled("report not written:", "yellow", err), highlight=False)
     print_results(console, document)
     console.print(f"results written to {run_dir / RESULTS_FILE}", markup=False)
     return document

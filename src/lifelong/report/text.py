@@ -32,6 +32,11 @@ def safe_text(value: object) -> str:
     return escape(visible(value))
 
 
+def labelled(label: str, style: str, value: object) -> Text:
+    """A styled label, then ``value`` as plain text: never read as markup, control characters visible."""
+    return Text.assemble((label, style), " ", visible(value))
+
+
 def terminal(*, stderr: bool = False, quiet: bool = False) -> Console:
     """A console that leaves ``:name:`` alone: Rich would turn a task called ``:warning:`` into an emoji."""
     return Console(stderr=stderr, quiet=quiet, emoji=False)
