@@ -192,3 +192,31 @@ def test_version_prints_the_versions_and_exits_0(cli) -> None:
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
     assert code == 0
     assert lines["lifelong"] == "0.1.0" and lines["torch"].startswith("2.")
+
+
+def test_a_missing_extra_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The LLM and adapter commands import transformers, peft and datasets when they run; without the
+    llm extra that is one line naming what to install, while any other missing module stays a bug."""
+    import importlib
+
+    import typer
+
+    app = importlib.import_module("lifelong.cli.app")  # the module: the package exports its Typer app
+
+    def missing(name: str) -> object:
+        def fail(**_: object) -> None:
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+        return type("Command", (), {"main": staticmethod(fail), "params": [], "commands": {}})()
+
+    monkeypatch.setattr(typer.main, "get_command", lambda _: missing("transformers"))
+    with pytest.raises(SystemExit) as exited:
+        app.main()
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and len(error.strip().splitlines()) == 1
+    assert "transformers is not installed" in error and 'pip install "lifelong[llm]"' in error
+    monkeypatch.setattr(typer.main, "get_command", lambda _: missing("numpyy"))
+    with pytest.raises(ModuleNotFoundError):
+        app.main()

@@ -146,6 +146,15 @@ def _without_type_column(command: Any) -> None:
 
 
 _OUT_OF_MEMORY = "out of memory; choose smaller sizes (model, batch, buffer, data)"
+# Packages of the optional extras, and the extra that installs each: the LLM and adapter commands import
+# them when they run.
+_EXTRAS = {
+    "transformers": "llm",
+    "peft": "llm",
+    "datasets": "llm",
+    "tokenizers": "llm",
+    "tensorboard": "tensorboard",
+}
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -192,6 +201,11 @@ def main() -> None:
         _fail(str(err))
     except OSError as err:  # the file system refused: a path under a file, too long, read-only, full
         _fail(f"{_os_problem(err)}; check the path, its permissions and the free space")
+    except ModuleNotFoundError as err:
+        top = (err.name or "").split(".")[0]
+        if top not in _EXTRAS:
+            raise
+        _fail(f'{top} is not installed, and this command needs it; pip install "lifelong[{_EXTRAS[top]}]"')
     except MemoryError:
         _fail(_OUT_OF_MEMORY)
     except RuntimeError as err:  # torch's allocators say so in a RuntimeError
