@@ -58,8 +58,18 @@ def raw_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_registry_lists_all_builtins() -> None:
-    # split-pydoc (text) is covered by tests/test_lora_strategy.py.
-    assert set(BENCHMARKS) == {*SHAPES, "split-pydoc"}
+    # split-pydoc (text) is covered by tests/test_lora_strategy.py, the image streams that read the
+    # user's files by tests/test_image_streams.py.
+    images = {
+        "split-mnist",
+        "permuted-mnist",
+        "rotated-mnist",
+        "split-fashion-mnist",
+        "split-cifar10",
+        "split-cifar100",
+    }
+    assert set(BENCHMARKS) == {*SHAPES, "split-pydoc", *images}
+    assert {name for name, bench in BENCHMARKS.items() if bench.reads_files} == images
     for bench in BENCHMARKS.values():
         assert bench.description, bench.name
         assert "\n" not in bench.description

@@ -154,6 +154,7 @@ _EXTRAS = {
     "datasets": "llm",
     "tokenizers": "llm",
     "tensorboard": "tensorboard",
+    "torchvision": "vision",
 }
 
 

@@ -89,6 +89,7 @@ class Learner:
         progress: Progress | None = None,
         precision: str = "no",
         processes: Processes | None = None,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
         if epochs < 1:
             raise LifelongError(f"epochs must be at least 1, got {epochs}")
@@ -111,6 +112,9 @@ class Learner:
         self.order_generator = (
             self.generator if self.processes.world == 1 else torch.Generator().manual_seed(seed)
         )
+        # Applied to each training batch after replay mixed it, so old and new samples (and a
+        # teacher's view of them) are augmented alike; drawn from `generator`, so runs repeat.
+        self.augment = augment
         self.progress = progress
         self.stream: Stream | None = None
         self.task: Task | None = None
@@ -191,6 +195,8 @@ class Learner:
         for batch in self.batches(self.train_data):
             for strategy in mixers:
                 batch = strategy.train_batch(self, batch)
+            if self.augment is not None:
+                batch = Batch(self.augment(batch.x, self.generator), batch.y, batch.task_ids)
             with self.processes.autocast():
                 # The unmasked logits stay readable: distillation needs the other tasks' heads too.
                 self.logits = trained(batch.x, batch.task_ids) if takes_ids else trained(batch.x)

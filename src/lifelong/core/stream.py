@@ -56,6 +56,11 @@ class Stream:
     input_shape: tuple[int, ...]
     class_names: list[str] = field(default_factory=list)
     default_model: str = "mlp"
+    # Image streams keep uint8 pixels [N, C, H, W]; their models read them through an input layer
+    # that normalises with these channel means and deviations (`build_model(..., normalize=)`).
+    normalize: tuple[list[float], list[float]] | None = None
+    # How the stream was cut (class order, permutation seeds, angles), as plain JSON for run.json.
+    details: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -84,9 +89,25 @@ class Stream:
         return mask
 
 
+def infer_scenario(tasks: Sequence[Task], scenario: Scenario | None, where: object) -> Scenario:
+    """The scenario a user's stream asked for, or the one its labels imply: domain-incremental when
+    every task has the same classes, class-incremental otherwise."""
+    same_labels = len({frozenset(task.classes) for task in tasks}) == 1
+    if scenario is None:
+        return "domain" if same_labels else "class"
+    if scenario == "domain" and not same_labels:
+        raise LifelongError(
+            f"'{where}': a domain-incremental stream needs the same labels in every task, but its tasks "
+            "differ; use scenario 'class' or 'task'"
+        )
+    return scenario
+
+
 def tensor_dataset(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> TensorDataset:
-    """Float32 features and int64 labels, the layout the fast path expects."""
-    return TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
+    """Float32 features (uint8 pixels stay uint8) and int64 labels, the layout the fast path expects."""
+    # Contiguous: a channels-last layout left by numpy's indexing trips torch's CPU convolutions.
+    x = torch.as_tensor(x).contiguous()
+    return TensorDataset(x if x.dtype == torch.uint8 else x.float(), torch.as_tensor(y, dtype=torch.long))
 
 
 def split_train_test(

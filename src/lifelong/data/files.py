@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, split_train_test
+from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, infer_scenario, split_train_test
 from lifelong.data.folders import data_files, not_a_file
 from lifelong.errors import LifelongError
 
@@ -58,14 +58,7 @@ def load_user_stream(
     labels = [rows[label_column] for _, _, rows in parts]
     classes, labels = _class_values(labels)
     tasks = _tasks(parts, labels, classes, feature_columns, test_size, seed)
-    label_sets = {frozenset(task.classes) for task in tasks}
-    if scenario is None:
-        scenario = "domain" if len(label_sets) == 1 else "class"
-    elif scenario == "domain" and len(label_sets) > 1:
-        raise LifelongError(
-            f"'{root}': a domain-incremental stream needs the same labels in every task, but its tasks "
-            "differ; use scenario 'class' or 'task'"
-        )
+    scenario = infer_scenario(tasks, scenario, root)
     return Stream(
         name,
         tasks,

@@ -35,6 +35,9 @@ from lifelong.core.learner import FitResult, Learner
 from lifelong.core.stream import Stream
 from lifelong.data import build_benchmark
 from lifelong.data.files import load_user_stream
+from lifelong.data.hf_datasets import HF_PREFIX, is_saved_dataset, load_hf_stream
+from lifelong.data.image_folders import is_image_folder, load_image_folders
+from lifelong.data.vision import random_crop_flip
 from lifelong.errors import LifelongError
 from lifelong.experiment.settings import RunConfig, make_config
 from lifelong.models import build_model
@@ -62,17 +65,24 @@ def default_strategies() -> list[str]:
 
 
 def build_stream(config: RunConfig) -> Stream:
+    """The stream ``config`` names: its --data (a table, image folders, a Hugging Face dataset) or a
+    built-in benchmark."""
     if config.data:
-        return load_user_stream(
-            Path(config.data),
-            label_column=config.label_column,
-            task_column=config.task_column,
-            classes_per_task=config.classes_per_task,
-            scenario=config.scenario,  # type: ignore[arg-type]
-            test_size=config.test_size,
-            seed=config.seed,
-        )
-    return build_benchmark(config.benchmark, seed=config.seed, scenario=config.scenario)
+        path = Path(config.data)
+        split: dict[str, Any] = {
+            "scenario": config.scenario,
+            "test_size": config.test_size,
+            "seed": config.seed,
+        }
+        tasks: dict[str, Any] = {"classes_per_task": config.classes_per_task}
+        columns: dict[str, Any] = {"label_column": config.label_column, "task_column": config.task_column}
+        if config.data.startswith(HF_PREFIX) or is_saved_dataset(path):
+            return load_hf_stream(config.data, text_column=config.text_column, **columns, **tasks, **split)
+        if is_image_folder(path):
+            return load_image_folders(path, image_size=config.image_size, **tasks, **split)
+        return load_user_stream(path, **columns, **tasks, **split)
+    files = {"data_root": config.data_root, "download": config.download}
+    return build_benchmark(config.benchmark, seed=config.seed, scenario=config.scenario, files=files)
 
 
 def config_fingerprint(config: RunConfig, compositions: list[str]) -> str:
@@ -104,7 +114,12 @@ def run_strategy(
         return finished
     strategies = build_strategies(composition)
     seed_everything(config.seed)
-    model = build_model(config.model or stream.default_model, stream.input_shape, stream.num_classes)
+    model = build_model(
+        config.model or stream.default_model,
+        stream.input_shape,
+        stream.num_classes,
+        normalize=stream.normalize,
+    )
     learner = Learner(
         model,
         strategies,
@@ -116,6 +131,7 @@ def run_strategy(
         seed=config.seed,
         progress=progress,
         processes=processes,
+        augment=random_crop_flip if config.augment else None,
     )
     result = _restore(learner, stream, strategy_dir, fingerprint, processes) if strategy_dir else None
     log = (
@@ -296,6 +312,12 @@ def run_experiment(
     # Only the main process holds the folder: it alone releases it, or abandons it after a failure.
     with folder.running() if processes.is_main else contextlib.nullcontext():
         stream = build_stream(config)
+        if config.augment and stream.normalize is None:
+            raise LifelongError(
+                f"--augment crops and flips images, but {stream.name} holds none; drop --augment"
+            )
+        if processes.is_main and stream.details:
+            folder.describe("stream", stream.details)
         fingerprint = config_fingerprint(config, compositions)
         with _progress(console, show_progress) as progress:
             overall = progress.add_task("strategies", total=len(compositions))

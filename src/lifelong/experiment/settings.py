@@ -41,8 +41,19 @@ class RunConfig(CommonSettings):
     lr: float = setting(1e-3, "Learning rate (the schedule's peak).")
     optimizer: str = setting("adam", "sgd, adam or adamw.")
     scenario: str | None = setting(None, "class, task or domain (incremental).")
-    data: str | None = setting(None, "Your data: a CSV/JSONL/Parquet file or a folder of them.")
+    data: str | None = setting(
+        None,
+        "Your data: a CSV/JSONL/Parquet file or folder of them, a folder of image class folders, "
+        "a save_to_disk folder or hf:NAME[:CONFIG].",
+    )
+    data_root: str | None = setting(
+        None, "Where a built-in image stream's files are (or go, with --download)."
+    )
+    download: bool = setting(False, "Let a built-in image stream download missing files.", "--download")
+    augment: bool = setting(False, "Augment training images (random crop and flip).", "--augment")
+    image_size: int | None = setting(None, "Resize the images of an image-folder --data to N x N.")
     label_column: str = setting("label", "Label column of --data.")
+    text_column: str | None = setting(None, "Text column of a Hugging Face --data (else the features).")
     task_column: str | None = setting(None, "Column of --data that names each row's task.")
     classes_per_task: int | None = setting(None, "Split --data into tasks of this many classes.")
     test_size: float = setting(0.3, "Held-out share of each task.")
@@ -74,6 +85,10 @@ class RunConfig(CommonSettings):
         if not 0 < self.test_size < 1:
             raise LifelongError(
                 f"test size must be between 0 and 1, got {self.test_size}; try --test-size 0.3"
+            )
+        if self.image_size is not None and self.image_size < 1:
+            raise LifelongError(
+                f"image size must be at least 1 pixel, got {self.image_size}; try --image-size 32"
             )
         if self.classes_per_task is not None and self.classes_per_task < 1:
             raise LifelongError(f"classes per task must be at least 1, got {self.classes_per_task}")

@@ -11,6 +11,7 @@ from torch import nn
 from lifelong.core.spec import Spec, bind, describe_options, parse_spec
 from lifelong.errors import LifelongError
 from lifelong.models.text import minilm, tiny_bert
+from lifelong.models.vision import ImageInput, cnn, reduced_resnet18, torchvision_model
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 256, depth: int = 2) -> nn.Module:
@@ -47,6 +48,9 @@ def cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: int = 32) ->
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "cnn1d": cnn1d,
+    "cnn": cnn,
+    "reduced-resnet18": reduced_resnet18,
+    "torchvision": torchvision_model,
     "minilm": minilm,
     "tiny-bert": tiny_bert,
 }
@@ -57,12 +61,19 @@ def model_options(name: str) -> list[tuple[str, object]]:
 
 
 def build_model(
-    spec: str | Spec, input_shape: tuple[int, ...], num_classes: int, *, seed: int | None = None
+    spec: str | Spec,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    seed: int | None = None,
+    normalize: tuple[list[float], list[float]] | None = None,
 ) -> nn.Module:
     """``build_model("mlp:hidden=512", (64,), 10, seed=0)``; unknown names or options raise `LifelongError`.
 
     With ``seed`` the initial weights are a function of it alone (drawn from a generator of their own,
-    leaving the global one as it was); without, they come from torch's global generator.
+    leaving the global one as it was); without, they come from torch's global generator. An image
+    stream's ``normalize`` (its ``Stream.normalize``: channel means and deviations) puts an
+    `ImageInput` first, which reads the stream's uint8 pixels.
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.name not in MODELS:
@@ -73,4 +84,6 @@ def build_model(
         model: nn.Module = bind(
             MODELS[spec.name], spec, what="model", input_shape=tuple(input_shape), num_classes=num_classes
         )
+    if normalize is not None:
+        return nn.Sequential(ImageInput(*normalize), model)
     return model

@@ -97,6 +97,11 @@ class RunFolder:
         atomic_write_json(path / RUN_FILE, folder.saved)
         return folder
 
+    def describe(self, key: str, value: dict[str, Any]) -> None:
+        """Add what the run found once it started (how its stream was cut) to run.json, atomically."""
+        self.saved = {**self.saved, key: value}
+        atomic_write_json(self.path / RUN_FILE, self.saved)
+
     @classmethod
     def resume(cls, path: Path, command: str, *, main: bool = True) -> RunFolder:
         """Reopen the unfinished ``command`` run in ``path``; its settings are ``saved["settings"]``."""

@@ -1,0 +1,152 @@
+"""A stream from folders of images: ``DIR/CLASS/*.png`` cut into tasks by ``classes_per_task``, or
+``DIR/TASK/CLASS/*.png``, one folder per task (folders in natural order, ``task2`` before ``task10``).
+
+Every image is decoded once, when the stream is built, into one uint8 tensor ``[N, C, H, W]``: epochs
+never decode again, and batches are slices of it (the Learner's fast path). Grayscale folders stay one
+channel; any colour image makes the stream RGB. The model normalises with the first task's channel
+statistics, the only data a learner has seen before it starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, infer_scenario, split_train_test
+from lifelong.data.folders import data_files, natural_key
+from lifelong.errors import LifelongError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def is_image_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder of class folders of images, or of task folders of them."""
+    if not path.is_dir():
+        return False
+    for child in _folders(path):
+        if _images(child) or any(_images(grandchild) for grandchild in _folders(child)):
+            return True
+    return False
+
+
+def load_image_folders(
+    root: Path,
+    *,
+    classes_per_task: int | None = None,
+    scenario: Scenario | None = None,
+    test_size: float = 0.3,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> Stream:
+    """The stream in ``root``; class folders with the same name in two tasks are the same class."""
+    if scenario is not None and scenario not in SCENARIOS:
+        raise LifelongError(f"unknown scenario '{scenario}'; use one of: {', '.join(SCENARIOS)}")
+    if image_size is not None and image_size < 1:
+        raise LifelongError(f"image size must be at least 1 pixel, got {image_size}")
+    layout = _layout(root, classes_per_task)
+    class_names = sorted(
+        {name for classes in layout.values() for name in classes}, key=lambda n: natural_key(Path(n))
+    )
+    index = {name: i for i, name in enumerate(class_names)}
+    pixels, labels, task_of = [], [], []
+    for t, classes in enumerate(layout.values()):
+        for name, folder in classes.items():
+            for path in _images(folder):
+                pixels.append(_decode(path, image_size))
+                labels.append(index[name])
+                task_of.append(t)
+    x = _stack(pixels, image_size)
+    y, owner = np.asarray(labels, dtype=np.int64), np.asarray(task_of)
+    tasks = []
+    for t, (task_name, classes) in enumerate(layout.items()):
+        keep = owner == t
+        train, test = split_train_test(x[keep], y[keep], test_size, seed, task_name)
+        tasks.append(Task(task_name, train, test, sorted(index[name] for name in classes)))
+    first = tasks[0].train.tensors[0].float().div(255)  # type: ignore[attr-defined]
+    stats = (first.mean(dim=(0, 2, 3)).tolist(), first.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    return Stream(
+        root.resolve().name,
+        tasks,
+        infer_scenario(tasks, scenario, root),
+        len(class_names),
+        tuple(x.shape[1:]),
+        class_names,
+        "cnn",
+        normalize=stats,
+        details={"tasks": {task.name: [class_names[c] for c in task.classes] for task in tasks}},
+    )
+
+
+def _folders(path: Path) -> list[Path]:
+    return sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
+
+
+def _images(folder: Path) -> list[Path]:
+    return data_files(folder, IMAGE_SUFFIXES)
+
+
+def _layout(root: Path, classes_per_task: int | None) -> dict[str, dict[str, Path]]:
+    """Task name -> class name -> its folder, from either layout."""
+    folders = _folders(root)
+    holds_images = [bool(_images(f)) for f in folders]
+    if all(holds_images):  # DIR/CLASS/*.png
+        if classes_per_task is None:
+            raise LifelongError(
+                f"'{root}' holds class folders; cut them into tasks with --classes-per-task N, "
+                "or put them in one folder per task"
+            )
+        if classes_per_task < 1:
+            raise LifelongError(f"classes per task must be at least 1, got {classes_per_task}")
+        groups = [folders[i : i + classes_per_task] for i in range(0, len(folders), classes_per_task)]
+        return {
+            f"task{i}:" + ",".join(f.name for f in group): {f.name: f for f in group}
+            for i, group in enumerate(groups)
+        }
+    if any(holds_images):
+        empty = folders[holds_images.index(False)]
+        raise LifelongError(
+            f"class folder '{empty}' holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
+        )
+    if classes_per_task is not None:
+        raise LifelongError(f"'{root}' holds one folder per task already; drop --classes-per-task")
+    layout = {}
+    for task in folders:
+        classes = _folders(task)
+        if not classes:
+            raise LifelongError(f"task folder '{task}' holds no class folders; add them or remove it")
+        for folder in classes:
+            if not _images(folder):
+                raise LifelongError(
+                    f"class folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
+                )
+        layout[task.name] = {folder.name: folder for folder in classes}
+    return layout
+
+
+def _decode(path: Path, size: int | None) -> np.ndarray:
+    """One image as uint8 ``[C, H, W]``: one channel for grayscale, three for anything in colour."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if image.mode in _GRAY_MODES else "RGB")
+            if size is not None and image.size != (size, size):
+                image = image.resize((size, size), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise LifelongError(f"'{path}' is not a readable image ({err}); remove or replace it") from None
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _stack(pixels: list[np.ndarray], image_size: int | None) -> np.ndarray:
+    """One array of every image; grayscale ones become RGB where the stream has colour."""
+    channels = max(p.shape[0] for p in pixels)
+    sizes = {p.shape[1:] for p in pixels}
+    if len(sizes) > 1:
+        shown = " and ".join(f"{w}x{h}" for h, w in sorted(sizes)[:2])
+        raise LifelongError(
+            f"the images differ in size ({shown}, ...); pass --image-size N to resize them all"
+        )
+    return np.stack([np.repeat(p, channels, axis=0) if p.shape[0] < channels else p for p in pixels])

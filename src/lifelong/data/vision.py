@@ -1,0 +1,280 @@
+"""The image streams of the continual-learning literature, from files the user has (or downloads).
+
+Split streams cut the classes into tasks; the class order is shuffled by the seed (``order=natural``
+keeps 0, 1, 2, ...). Permuted and rotated MNIST keep every class and change the inputs per task;
+task 0 is the original. Each dataset's own train/test split is kept. Pixels stay uint8 and the model
+normalises them (`Stream.normalize`); how the stream was cut goes into ``Stream.details``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from lifelong.core.stream import Scenario, Stream, Task
+from lifelong.data.image_files import read_dataset
+from lifelong.errors import LifelongError
+
+DEFAULT_ROOT = "data"
+# Channel means and deviations of each training set (the constants the literature's code uses).
+STATS = {
+    "mnist": ([0.1307], [0.3081]),
+    "fashion-mnist": ([0.2860], [0.3530]),
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
+    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
+}
+CLASS_NAMES = {
+    "fashion-mnist": [
+        "t-shirt",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "ankle-boot",
+    ],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+}
+NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def load_images(kind: str, data_root: str | None, download: bool, train_samples: int, seed: int):
+    """The dataset's arrays as tensors, the training set cut to ``train_samples`` (0: all) at random."""
+    root = Path(data_root or DEFAULT_ROOT)
+    x_train, y_train, x_test, y_test = read_dataset(kind, root, download)
+    if train_samples < 0:
+        raise LifelongError(f"train_samples must be 0 (all) or more, got {train_samples}")
+    if 0 < train_samples < len(y_train):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(y_train))[:train_samples])
+        x_train, y_train = x_train[keep], y_train[keep]
+    bad = [int(v) for v in np.unique(np.concatenate([y_train, y_test])) if not 0 <= v < NUM_CLASSES[kind]]
+    if bad:
+        raise LifelongError(f"{kind} labels must be 0..{NUM_CLASSES[kind] - 1}, but the files hold {bad[:5]}")
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test))
+
+
+def _split(
+    name: str,
+    kind: str,
+    *,
+    seed: int,
+    scenario: Scenario,
+    tasks: int,
+    order: str,
+    data_root: str | None,
+    download: bool,
+    train_samples: int,
+    default_model: str,
+) -> Stream:
+    classes = NUM_CLASSES[kind]
+    if not 1 <= tasks <= classes:
+        raise LifelongError(
+            f"{name} has {classes} classes, so tasks must be between 1 and {classes}, got {tasks}"
+        )
+    if order not in ("seeded", "natural"):
+        raise LifelongError(f"unknown class order '{order}'; use seeded or natural")
+    x_train, y_train, x_test, y_test = load_images(kind, data_root, download, train_samples, seed)
+    ranked = np.arange(classes) if order == "natural" else np.random.default_rng(seed).permutation(classes)
+    groups = [sorted(int(c) for c in g) for g in np.array_split(ranked, tasks)]
+    stream_tasks = []
+    for i, group in enumerate(groups):
+        picked = torch.tensor(group)
+        train, test = torch.isin(y_train, picked), torch.isin(y_test, picked)
+        task_name = f"task{i}:" + ",".join(str(c) for c in group)
+        stream_tasks.append(
+            Task(
+                task_name,
+                _dataset(x_train[train], y_train[train]),
+                _dataset(x_test[test], y_test[test]),
+                group,
+            )
+        )
+    return Stream(
+        name,
+        stream_tasks,
+        scenario,
+        classes,
+        tuple(x_train.shape[1:]),
+        CLASS_NAMES.get(kind, []),
+        default_model,
+        normalize=STATS[kind],
+        details={"class_order": [int(c) for c in ranked], "tasks": groups},
+    )
+
+
+def _dataset(x: torch.Tensor, y: torch.Tensor) -> TensorDataset:
+    return TensorDataset(x, y)
+
+
+def _split_stream(
+    name: str, kind: str, default_tasks: int, default_model: str, doc: str
+) -> Callable[..., Stream]:
+    """The builder of one split stream: its options are its signature (``'split-cifar100:tasks=20'``)."""
+
+    def build(
+        seed: int = 0,
+        scenario: Scenario = "class",
+        tasks: int = default_tasks,
+        order: str = "seeded",
+        train_samples: int = 0,
+        data_root: str | None = None,
+        download: bool = False,
+    ) -> Stream:
+        return _split(
+            name,
+            kind,
+            seed=seed,
+            scenario=scenario,
+            tasks=tasks,
+            order=order,
+            data_root=data_root,
+            download=download,
+            train_samples=train_samples,
+            default_model=default_model,
+        )
+
+    build.__doc__ = doc
+    build.__name__ = build.__qualname__ = name.replace("-", "_")
+    return build
+
+
+split_mnist = _split_stream(
+    "split-mnist", "mnist", 5, "mlp", "MNIST (your files), 10 digits split into tasks of class groups."
+)
+split_fashion_mnist = _split_stream(
+    "split-fashion-mnist",
+    "fashion-mnist",
+    5,
+    "cnn",
+    "Fashion-MNIST (your files), 10 garments split into tasks.",
+)
+split_cifar10 = _split_stream(
+    "split-cifar10", "cifar10", 5, "reduced-resnet18", "CIFAR-10 (your files), 10 classes split into tasks."
+)
+split_cifar100 = _split_stream(
+    "split-cifar100",
+    "cifar100",
+    10,
+    "reduced-resnet18",
+    "CIFAR-100 (your files), 100 classes split into tasks (10 or 20 in the literature).",
+)
+
+
+def _changed_inputs(
+    name: str,
+    prefix: str,
+    change: Callable[[torch.Tensor, int], torch.Tensor],
+    details: dict[str, object],
+    *,
+    seed: int,
+    tasks: int,
+    train_samples: int,
+    data_root: str | None,
+    download: bool,
+) -> Stream:
+    """Every digit in every task, the inputs of task ``i`` passed through ``change(x, i)``."""
+    if not 1 <= tasks <= 1000:
+        raise LifelongError(f"{name} has 1 to 1000 tasks, got {tasks}; try tasks=10")
+    x_train, y_train, x_test, y_test = load_images("mnist", data_root, download, train_samples, seed)
+    stream_tasks = [
+        Task(
+            f"{prefix}{i}",
+            _dataset(change(x_train, i), y_train),
+            _dataset(change(x_test, i), y_test),
+            list(range(10)),
+        )
+        for i in range(tasks)
+    ]
+    return Stream(
+        name, stream_tasks, "domain", 10, tuple(x_train.shape[1:]), normalize=STATS["mnist"], details=details
+    )
+
+
+def permuted_mnist(
+    seed: int = 0,
+    tasks: int = 10,
+    train_samples: int = 0,
+    data_root: str | None = None,
+    download: bool = False,
+) -> Stream:
+    """MNIST (your files) under a new pixel permutation per task (domain-incremental; task 0 as is)."""
+    rng = np.random.default_rng(seed)
+    orders = [np.arange(784)] + [rng.permutation(784) for _ in range(1, max(tasks, 1))]
+
+    def permute(x: torch.Tensor, i: int) -> torch.Tensor:
+        flat = x.reshape(len(x), -1)
+        return flat[:, torch.from_numpy(orders[i])].reshape(x.shape) if i else x
+
+    return _changed_inputs(
+        "permuted-mnist",
+        "perm",
+        permute,
+        {"permutation_seed": seed},
+        seed=seed,
+        tasks=tasks,
+        train_samples=train_samples,
+        data_root=data_root,
+        download=download,
+    )
+
+
+def rotated_mnist(
+    seed: int = 0,
+    tasks: int = 10,
+    max_angle: float = 180.0,
+    train_samples: int = 0,
+    data_root: str | None = None,
+    download: bool = False,
+) -> Stream:
+    """MNIST (your files) rotated by a fixed angle per task (domain-incremental; task 0 unrotated)."""
+    rng = np.random.default_rng(seed)
+    angles = [0.0] + [round(float(a), 2) for a in rng.uniform(0, max_angle, max(tasks, 1) - 1)]
+    return _changed_inputs(
+        "rotated-mnist",
+        "rot",
+        lambda x, i: rotate(x, angles[i]),
+        {"angles": angles[:tasks]},
+        seed=seed,
+        tasks=tasks,
+        train_samples=train_samples,
+        data_root=data_root,
+        download=download,
+    )
+
+
+def rotate(images: torch.Tensor, degrees: float, chunk: int = 8192) -> torch.Tensor:
+    """uint8 images ``[N, C, H, W]`` turned ``degrees`` counter-clockwise about their centre (bilinear)."""
+    if degrees == 0:
+        return images
+    turn = math.radians(degrees)
+    matrix = torch.tensor([[math.cos(turn), -math.sin(turn), 0.0], [math.sin(turn), math.cos(turn), 0.0]])
+    parts = []
+    for part in images.split(chunk):  # the sampling grid is 8 bytes a pixel: chunks bound the memory
+        grid = F.affine_grid(matrix.expand(len(part), 2, 3), list(part.shape), align_corners=False)
+        turned = F.grid_sample(part.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        parts.append(turned.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(parts)
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """The literature's training augmentation, for a whole batch at once: a random crop of the image
+    padded by ``padding`` zeros on each side, then a horizontal flip half of the time."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    dy, dx = (torch.randint(0, 2 * padding + 1, (n,), generator=generator) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h)).to(images.device)
+    cols = (dx[:, None] + torch.arange(w)).to(images.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
