@@ -1,8 +1,10 @@
-"""Tiny datasets written in each library's own on-disk format, for the real loaders to read."""
+"""Tiny datasets written in each library's own on-disk format, for the real loaders to read, and the
+checks every image-stream test makes of a run."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 from pathlib import Path
 
@@ -107,3 +109,19 @@ def write_image_folders(
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.transpose(1, 2, 0) if color else image).save(folder / f"{i}.png")
     return root
+
+
+FAST = ("-s", "naive", "--epochs", "1", "--report", "none", "--no-progress")
+
+
+def matrix_of(out: Path) -> list[list[float]]:
+    (result,) = json.loads((out / "results.json").read_text())["results"]
+    return result["accuracy_matrix"]
+
+
+def bad_input(cli, tmp_path: Path, *args: str) -> str:
+    code, out, err = cli("run", *args, "--out", str(tmp_path / "bad"), *FAST)
+    assert code == 2, out + err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "bad" / "results.json").exists()
+    return err

@@ -183,3 +183,14 @@ def test_a_dataset_dict_with_odd_splits_lists_them(cli: Cli, tmp_path: Path) -> 
     datasets.DatasetDict({"alpha": text_split(3, 0), "beta": text_split(3, 50)}).save_to_disk(folder)
     err = one_line_error(cli, "--data", str(folder), "--classes-per-task", "2")
     assert "alpha, beta" in err and "'train'" in err
+
+
+def test_an_image_dataset_points_at_the_image_loaders(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pictures = [Image.new("L", (4, 4), level) for level in (0, 80, 160, 240)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    data = datasets.Dataset.from_dict({"image": pictures, "label": [0, 1, 0, 1]}, features=features)
+    data.save_to_disk(str(tmp_path / "pictures"))
+    with pytest.raises(LifelongError, match=r"holds images.*class folders"):
+        load_hf_stream(str(tmp_path / "pictures"), classes_per_task=1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from image_fixtures import (
+    FAST,
+    bad_input,
+    matrix_of,
     write_cifar10_binary,
     write_cifar10_python,
     write_cifar100_binary,
@@ -21,17 +23,9 @@ from image_fixtures import (
 )
 
 from lifelong.data import build_benchmark
-from lifelong.data.image_folders import load_image_folders
 from lifelong.data.vision import random_crop_flip, rotate
 from lifelong.errors import LifelongError
 from lifelong.models import build_model
-
-FAST = ("-s", "naive", "--epochs", "1", "--report", "none", "--no-progress")
-
-
-def _matrix(out: Path) -> list[list[float]]:
-    (result,) = json.loads((out / "results.json").read_text())["results"]
-    return result["accuracy_matrix"]
 
 
 @pytest.mark.parametrize(
@@ -65,7 +59,7 @@ def test_each_image_stream_runs_end_to_end_from_its_files(
         *FAST,
     )
     assert code == 0, err
-    matrix = _matrix(out)
+    matrix = matrix_of(out)
     assert len(matrix) == tasks and all(len(row) == tasks for row in matrix)
     assert all(0.0 <= score <= 1.0 for row in matrix for score in row)
     stream = json.loads((out / "run.json").read_text())["stream"]
@@ -95,6 +89,14 @@ def test_train_samples_keeps_a_seeded_subset(tmp_path: Path) -> None:
     assert not torch.equal(stream[0].train.tensors[0], stream[1].train.tensors[0])  # task 1 is permuted
 
 
+def test_rotated_mnist_angles_rise_one_per_bin_as_in_gem(tmp_path: Path) -> None:
+    write_mnist(tmp_path)
+    stream = build_benchmark("rotated-mnist:tasks=4", seed=2, files={"data_root": str(tmp_path)})
+    angles = stream.details["angles"]
+    assert len(angles) == 4 and all(45 * t <= a < 45 * (t + 1) for t, a in enumerate(angles))
+    assert not torch.equal(stream[0].train.tensors[0], stream[1].train.tensors[0])
+
+
 def test_rotation_by_a_right_angle_matches_rot90() -> None:
     images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     turned = rotate(images, 90.0)
@@ -103,100 +105,55 @@ def test_rotation_by_a_right_angle_matches_rot90() -> None:
     assert rotate(images, 0.0) is images
 
 
-def test_crop_and_flip_moves_pixels_only_and_repeats_for_a_seed() -> None:
-    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
-    same = random_crop_flip(images, torch.Generator().manual_seed(0), padding=0)
-    for original, out in zip(images, same, strict=True):  # no padding: each is itself or its mirror
-        assert torch.equal(out, original) or torch.equal(out, original.flip(-1))
-    first = random_crop_flip(images, torch.Generator().manual_seed(1))
-    again = random_crop_flip(images, torch.Generator().manual_seed(1))
-    assert torch.equal(first, again) and first.shape == images.shape
-
-
-def test_image_folders_of_classes_and_of_tasks(cli, tmp_path: Path) -> None:
-    write_image_folders(tmp_path / "classes", classes=4, per_class=10)
-    code, _, err = cli(
-        "run",
-        "--data",
-        str(tmp_path / "classes"),
-        "--classes-per-task",
-        "2",
-        "--out",
-        str(tmp_path / "a"),
-        *FAST,
-    )
-    assert code == 0, err
-    assert len(_matrix(tmp_path / "a")) == 2
-    write_image_folders(tmp_path / "tasks", classes=4, per_class=10, tasks=2, color=True)
-    out = tmp_path / "b"
-    code, _, err = cli(
-        "run",
-        "--data",
-        str(tmp_path / "tasks"),
-        "--augment",
-        "--model",
-        "reduced-resnet18:width=4",
-        "--out",
-        str(out),
-        *FAST,
-    )
-    assert code == 0, err
-    stream = json.loads((out / "run.json").read_text())["stream"]
-    assert stream["tasks"] == {"task0": ["class0", "class1"], "task1": ["class2", "class3"]}
-    loaded = load_image_folders(tmp_path / "tasks")
-    assert loaded.input_shape == (3, 12, 12) and loaded.class_names == [
-        "class0",
-        "class1",
-        "class2",
-        "class3",
-    ]
-
-
-def test_image_size_resizes_and_gray_joins_colour(tmp_path: Path) -> None:
-    from PIL import Image
-
-    write_image_folders(tmp_path, classes=2, per_class=6)
-    Image.new("RGB", (20, 16), (255, 0, 0)).save(tmp_path / "class0" / "big.png")
-    with pytest.raises(LifelongError, match=r"differ in size.*--image-size"):
-        load_image_folders(tmp_path, classes_per_task=1)
-    stream = load_image_folders(tmp_path, classes_per_task=1, image_size=8)
-    assert stream.input_shape == (3, 8, 8)
-
-
-def _bad_input(cli, tmp_path: Path, *args: str) -> str:
-    code, out, err = cli("run", *args, "--out", str(tmp_path / "bad"), *FAST)
-    assert code == 2, out + err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "bad" / "results.json").exists()
-    return err
+def test_crop_and_flip_matches_a_per_image_reference() -> None:
+    images = torch.randint(0, 256, (16, 3, 6, 5), dtype=torch.uint8)
+    out = random_crop_flip(images, torch.Generator().manual_seed(1), padding=2)
+    # The same draws, in the same order, applied one image at a time the obvious way.
+    draws = torch.Generator().manual_seed(1)
+    dy, dx = (torch.randint(0, 5, (16,), generator=draws) for _ in range(2))
+    flips = torch.rand(16, generator=draws) < 0.5
+    for i, image in enumerate(images):
+        crop = F.pad(image, (2, 2, 2, 2))[:, dy[i] : dy[i] + 6, dx[i] : dx[i] + 5]
+        assert torch.equal(out[i], crop.flip(-1) if flips[i] else crop)
+    assert not torch.equal(out, images) and bool(flips.any()) and not bool(flips.all())
+    again = random_crop_flip(images, torch.Generator().manual_seed(1), padding=2)
+    assert torch.equal(out, again)
 
 
 def test_missing_files_are_named_one_line(cli, tmp_path: Path) -> None:
     where = write_mnist(tmp_path)
     (where / "t10k-labels-idx1-ubyte.gz").unlink()
-    err = _bad_input(cli, tmp_path, "--benchmark", "split-mnist", "--data-root", str(tmp_path))
+    err = bad_input(cli, tmp_path, "--benchmark", "split-mnist", "--data-root", str(tmp_path))
     assert "t10k-labels-idx1-ubyte missing" in err and "--download" in err and "train-images" not in err
 
 
 def test_wrong_layouts_say_so_in_one_line(cli, tmp_path: Path) -> None:
     where = write_mnist(tmp_path, compress=False)
     (where / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 9)
-    assert "truncated or damaged" in _bad_input(
+    assert "truncated or damaged" in bad_input(
         cli, tmp_path, "--benchmark", "split-mnist", "--data-root", str(tmp_path)
     )
     (where / "train-images-idx3-ubyte").write_bytes(b"PNG not idx")
-    assert "not an IDX file" in _bad_input(
+    assert "not an IDX file" in bad_input(
         cli, tmp_path, "--benchmark", "split-mnist", "--data-root", str(tmp_path)
     )
     binary = write_cifar10_binary(tmp_path)
     (binary / "test_batch.bin").write_bytes(b"\x01" * 100)
-    assert "whole number of records" in _bad_input(
+    assert "whole number of records" in bad_input(
         cli, tmp_path, "--benchmark", "split-cifar10", "--data-root", str(tmp_path)
     )
-    write_idx(where / "train-labels-idx1-ubyte", np.full(120, 42, dtype=np.uint8))
     write_mnist(tmp_path, compress=False)  # images fine again, then labels out of range
     write_idx(where / "train-labels-idx1-ubyte", np.full(120, 42, dtype=np.uint8))
-    assert "labels must be 0..9" in _bad_input(
+    assert "labels must be 0..9" in bad_input(
+        cli, tmp_path, "--benchmark", "split-mnist", "--data-root", str(tmp_path)
+    )
+    write_idx(where / "train-labels-idx1-ubyte", np.zeros(100, dtype=np.uint8))
+    assert "one label for each of the 120 images" in bad_input(
+        cli, tmp_path, "--benchmark", "split-mnist", "--data-root", str(tmp_path)
+    )
+    write_mnist(tmp_path, compress=False)
+    write_idx(where / "t10k-images-idx3-ubyte", np.zeros((40, 20, 20), dtype=np.uint8))
+    assert "should hold 28x28 uint8 images" in bad_input(
         cli, tmp_path, "--benchmark", "split-mnist", "--data-root", str(tmp_path)
     )
 
@@ -210,26 +167,8 @@ def test_a_cifar_pickle_that_would_run_code_is_refused(cli, tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)
     where = write_cifar10_python(tmp_path)
     (where / "data_batch_3").write_bytes(pickle.dumps({b"data": _Payload(), b"labels": [0]}, protocol=2))
-    err = _bad_input(cli, tmp_path, "--benchmark", "split-cifar10", "--data-root", str(tmp_path))
+    err = bad_input(cli, tmp_path, "--benchmark", "split-cifar10", "--data-root", str(tmp_path))
     assert "not allowed" in err and not (tmp_path / "pwned").exists()
-
-
-def test_image_folder_problems_say_so_in_one_line(cli, tmp_path: Path) -> None:
-    root = write_image_folders(tmp_path / "imgs", classes=2, per_class=6)
-    (root / "class1" / "0broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    assert "0broken.png' is not a readable image" in _bad_input(
-        cli, tmp_path, "--data", str(root), "--classes-per-task", "1"
-    )
-    (root / "class1" / "0broken.png").unlink()
-    (root / "class2").mkdir()
-    (root / "class2" / "notes.txt").write_text("no images here")
-    assert "class2' holds no images" in _bad_input(
-        cli, tmp_path, "--data", str(root), "--classes-per-task", "1"
-    )
-    shutil.rmtree(root / "class2")
-    assert "--classes-per-task N" in _bad_input(cli, tmp_path, "--data", str(root))
-    assert "--data-root" in _bad_input(cli, tmp_path, "--benchmark", "split-digits", "--data-root", str(root))
-    assert "drop --augment" in _bad_input(cli, tmp_path, "--augment")
 
 
 def test_an_image_model_on_vectors_says_which_models_fit() -> None:
@@ -264,7 +203,7 @@ def _reference_sets(raw: Path) -> tuple[torch.utils.data.Dataset, torch.utils.da
     return sets[0], sets[1]
 
 
-def test_a_bare_dataloader_loop_over_the_same_files_gives_the_same_matrix(cli, tmp_path: Path) -> None:
+def test_a_bare_dataloader_loop_over_the_same_files_gives_the_samematrix_of(cli, tmp_path: Path) -> None:
     """Acceptance: the loaders feed the same tensors, so one seed gives one matrix either way."""
     raw = write_mnist(tmp_path / "files", compress=False, train=30, test=10)  # as torchvision leaves them
     out = tmp_path / "run"
@@ -304,7 +243,7 @@ def test_a_bare_dataloader_loop_over_the_same_files_gives_the_same_matrix(cli, t
                 )
                 row.append(int((model(x).argmax(1) == y).sum()) / len(y))
         matrix.append(row)
-    assert _matrix(out) == matrix
+    assert matrix_of(out) == matrix
     assert len({score for row in matrix for score in row}) > 2  # scores with room to differ
 
 
@@ -318,7 +257,7 @@ def test_a_torchvision_model_by_name_trains_on_an_image_stream(cli, tmp_path: Pa
         "--model", "torchvision:name=resnet18", "--out", str(out), *FAST,
     )  # fmt: skip
     assert code == 0, err
-    assert len(_matrix(out)) == 2
+    assert len(matrix_of(out)) == 2
 
 
 def test_download_goes_through_torchvision_and_then_reads_its_layout(
@@ -357,3 +296,86 @@ def test_download_goes_through_torchvision_and_then_reads_its_layout(
     assert code == 0, err
     assert calls == [(str(root), True, True), (str(root), False, True)]
     assert (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+def test_damaged_cifar_pickles_say_so_in_one_line(cli, tmp_path: Path) -> None:
+    where = write_cifar10_python(tmp_path)
+    for payload, said in (
+        (np.zeros(3), "not a dict"),
+        ({b"data": np.zeros((2, 3072), dtype=np.float32), b"labels": [0, 1]}, "not uint8 pixels"),
+        ({b"data": np.zeros((1, 3072), dtype=np.uint8), b"labels": [2**70]}, "not a CIFAR Python batch"),
+    ):
+        (where / "data_batch_2").write_bytes(pickle.dumps(payload, protocol=2))
+        assert said in bad_input(cli, tmp_path, "--benchmark", "split-cifar10", "--data-root", str(tmp_path))
+
+
+def test_cifar100_python_batches_read_their_fine_labels(tmp_path: Path) -> None:
+    where = tmp_path / "cifar-100-python"
+    where.mkdir()
+    for name, n in (("train", 200), ("test", 100)):
+        fine = np.arange(n) % 100
+        data = np.full((n, 3072), 7, dtype=np.uint8)
+        batch = {b"data": data, b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist()}
+        (where / name).write_bytes(pickle.dumps(batch, protocol=2))
+    stream = build_benchmark("split-cifar100:tasks=20,order=natural", files={"data_root": str(tmp_path)})
+    assert len(stream) == 20 and stream[19].classes == [95, 96, 97, 98, 99]
+    assert len(stream[0].train) == 10 and len(stream[0].test) == 5
+
+
+def test_a_huge_task_count_fails_before_any_drawing(tmp_path: Path) -> None:
+    for name in ("permuted-mnist", "rotated-mnist"):
+        with pytest.raises(LifelongError, match="1 to 1000 tasks"):
+            build_benchmark(f"{name}:tasks=100000000", files={"data_root": str(tmp_path)})
+
+
+def test_flags_that_would_be_ignored_are_refused(cli, tmp_path: Path) -> None:
+    root = write_image_folders(tmp_path / "imgs", classes=2, per_class=6)
+    assert "drop them" in bad_input(
+        cli, tmp_path, "--data", str(root), "--classes-per-task", "1", "--data-root", "x"
+    )
+    assert "--image-size" in bad_input(cli, tmp_path, "--image-size", "8")
+    write_mnist(tmp_path / "files")
+    err = bad_input(
+        cli,
+        tmp_path,
+        "--benchmark",
+        "permuted-mnist:tasks=2",
+        "--data-root",
+        str(tmp_path / "files"),
+        "--augment",
+    )
+    assert "drop --augment" in err
+
+
+def test_the_api_names_the_input_layer_an_image_stream_needs(tmp_path: Path) -> None:
+    from lifelong import Learner, build_strategies
+
+    write_mnist(tmp_path)
+    stream = build_benchmark("split-mnist:tasks=2", files={"data_root": str(tmp_path)})
+    bare = build_model("mlp:hidden=8", stream.input_shape, stream.num_classes)
+    with pytest.raises(LifelongError, match=r"normalize=stream\.normalize"):
+        Learner(bare, build_strategies("naive"), epochs=1).fit(stream)
+    model = build_model("mlp:hidden=8", stream.input_shape, stream.num_classes, normalize=stream.normalize)
+    assert len(Learner(model, build_strategies("naive"), epochs=1).fit(stream).matrix) == 2
+
+
+def test_der_stores_raw_inputs_and_replays_them_augmented(tmp_path: Path) -> None:
+    from lifelong import Learner, build_strategies
+
+    write_cifar10_binary(tmp_path)
+    stream = build_benchmark("split-cifar10:tasks=2", files={"data_root": str(tmp_path)})
+    model = build_model("cnn:channels=2,hidden=4", stream.input_shape, 10, seed=0, normalize=stream.normalize)
+    seen = []
+    (der,) = strategies = build_strategies("der++:buffer_size=1000,minibatch_size=4")
+
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seen.append(x)
+        return random_crop_flip(x, generator)
+
+    Learner(model, strategies, epochs=1, batch_size=8, augment=augment).fit(stream)
+    stored = der.buffer.state_dict()
+    (x_key,) = [k for k, v in stored.items() if isinstance(v, torch.Tensor) and v.dtype == torch.uint8]
+    train = {tuple(x.flatten().tolist()) for task in stream for x in task.train.tensors[0]}
+    assert all(tuple(x.flatten().tolist()) in train for x in stored[x_key])  # raw, as the files hold them
+    batches = sum(-(-len(task.train) // 8) for task in stream)
+    assert len(seen) > batches  # the training batches, and the replayed samples too

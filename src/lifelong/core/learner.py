@@ -70,8 +70,9 @@ class Learner:
     Strategies read what they need from the learner: ``model``, ``device``, ``task``,
     ``train_data`` (replaceable in ``before_task``), ``optimizer``, ``generator`` (the run's RNG,
     so results repeat for a seed), ``forward``, ``criterion``, ``logits`` (the current
-    training batch's logits before task-incremental masking) and ``task_loss`` (its loss before
-    any penalty).
+    training batch's logits before task-incremental masking), ``task_loss`` (its loss before
+    any penalty), ``raw_inputs`` (its inputs before augmentation) and ``augmented`` (to augment
+    replayed samples as training batches are).
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class Learner:
         # Applied to each training batch after replay mixed it, so old and new samples (and a
         # teacher's view of them) are augmented alike; drawn from `generator`, so runs repeat.
         self.augment = augment
+        self.raw_inputs: torch.Tensor | None = None  # this training batch's inputs before augmentation
         self.progress = progress
         self.stream: Stream | None = None
         self.task: Task | None = None
@@ -138,6 +140,13 @@ class Learner:
 
         ``start_task`` and ``result`` let a resumed run continue where a checkpoint left off.
         """
+        if stream.normalize is not None and not any(
+            getattr(m, "reads_pixels", False) for m in self.model.modules()
+        ):
+            raise LifelongError(
+                f"{stream.name} holds uint8 pixels, and this model has no input layer that reads them; "
+                "build it with build_model(..., normalize=stream.normalize)"
+            )
         self.stream = stream
         self._class_mask = stream.class_mask().to(self.device) if stream.scenario == "task" else None
         result = result or FitResult([t.name for t in stream])
@@ -195,8 +204,9 @@ class Learner:
         for batch in self.batches(self.train_data):
             for strategy in mixers:
                 batch = strategy.train_batch(self, batch)
+            self.raw_inputs = batch.x
             if self.augment is not None:
-                batch = Batch(self.augment(batch.x, self.generator), batch.y, batch.task_ids)
+                batch = Batch(self.augmented(batch.x), batch.y, batch.task_ids)
             with self.processes.autocast():
                 # The unmasked logits stay readable: distillation needs the other tasks' heads too.
                 self.logits = trained(batch.x, batch.task_ids) if takes_ids else trained(batch.x)
@@ -211,7 +221,7 @@ class Learner:
             for strategy in editors:
                 strategy.after_backward(self)
             self.optimizer.step()
-            self.task_loss = None  # a penalty computed outside this loop must not see a stale one
+            self.task_loss = self.raw_inputs = None  # a penalty outside this loop must not see stale ones
             losses.append(loss.detach())
             self._advance(batch_bar)
         # One check per epoch: a per-step check would force a device sync on every batch.
@@ -224,6 +234,10 @@ class Learner:
         self._done(batch_bar)
 
     # ---- pieces strategies use --------------------------------------------------------------------
+
+    def augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as training batches see it: augmented when the run augments (replayed samples too)."""
+        return x if self.augment is None else self.augment(x, self.generator)
 
     def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits; in the task-incremental scenario, masked to each sample's own task classes."""

@@ -59,6 +59,8 @@ class Stream:
     # Image streams keep uint8 pixels [N, C, H, W]; their models read them through an input layer
     # that normalises with these channel means and deviations (`build_model(..., normalize=)`).
     normalize: tuple[list[float], list[float]] | None = None
+    # Whether a crop or a horizontal flip keeps an input's label (`--augment` applies): natural images.
+    augmentable: bool = False
     # How the stream was cut (class order, permutation seeds, angles), as plain JSON for run.json.
     details: dict[str, object] = field(default_factory=dict)
 

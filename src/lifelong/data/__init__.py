@@ -84,5 +84,5 @@ def build_benchmark(
         raise LifelongError(f"benchmark '{spec.name}' ships with lifelong and reads no files; drop {flags}")
     if bench.reads_files:
         fixed.update(given)
-    stream: Stream = bind(bench.build, spec, what="benchmark", **fixed)
+    stream: Stream = bind(bench.build, spec, what="benchmark", skip=FILE_OPTIONS, **fixed)
     return stream

@@ -71,6 +71,12 @@ def load_hf_stream(
     if task_column is not None and _names(features.get(task_column)):
         table[task_column] = features[task_column].int2str(table[task_column].tolist())
     text = _text_column(features, text_column, label_column, task_column, source)
+    images = [column for column, feature in features.items() if type(feature).__name__ == "Image"]
+    if text is None and images:
+        raise LifelongError(
+            f"'{source}' holds images (column {images[0]}), which a Hugging Face --data does not read; "
+            "save them as class folders for --data DIR, or use a built-in image stream (lifelong benchmarks)"
+        )
     classes, (labels,) = files._class_values([table[label_column]])
     label_names = _names(features[label_column])
     class_names = [label_names[c] if label_names else str(c) for c in classes]

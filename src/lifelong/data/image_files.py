@@ -73,14 +73,32 @@ def read_dataset(kind: str, root: Path, download: bool = False) -> Arrays:
         raise LifelongError(_missing_message(kind, root))
     layout, paths = found
     if kind in ("mnist", "fashion-mnist"):
-        x_train, y_train, x_test, y_test = (read_idx(p) for p in paths)
-        return x_train[:, None], y_train.astype(np.int64), x_test[:, None], y_test.astype(np.int64)
+        return _mnist_arrays(paths)
     binary = layout.folder.endswith(("-bin", "-binary"))
     read = _read_cifar_binary if binary else _read_cifar_pickle
     fine = kind == "cifar100"
     train = [read(p, fine) for p in paths[:-1]]
     x_test, y_test = read(paths[-1], fine)
     return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test
+
+
+def _mnist_arrays(paths: list[Path]) -> Arrays:
+    """The four IDX files as images ``[N, 1, 28, 28]`` and labels, each pair checked against the other."""
+    arrays: list[np.ndarray] = []
+    for images_path, labels_path in ((paths[0], paths[1]), (paths[2], paths[3])):
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise LifelongError(
+                f"'{images_path}' should hold 28x28 uint8 images, but holds {images.dtype} of shape "
+                f"{list(images.shape)}; replace it with the original"
+            )
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise LifelongError(
+                f"'{labels_path}' should hold one label for each of the {len(images)} images of "
+                f"'{images_path.name}', but holds shape {list(labels.shape)}; replace the pair with the originals"
+            )
+        arrays += [images[:, None], labels.astype(np.int64)]
+    return arrays[0], arrays[1], arrays[2], arrays[3]
 
 
 def _find(kind: str, root: Path) -> tuple[Layout, list[Path]] | None:
@@ -194,14 +212,27 @@ class _ArraysOnly(pickle.Unpickler):
 
 
 def _read_cifar_pickle(path: Path, fine: bool) -> tuple[np.ndarray, np.ndarray]:
+    problem = f"'{path}' is not a CIFAR Python batch"
     try:
         batch = _ArraysOnly(io.BytesIO(_read_bytes(path)), encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        if not isinstance(batch, dict):
+            raise TypeError(f"it holds a {type(batch).__name__}, not a dict")
+        data = batch[b"data"]
         labels = np.asarray(batch[b"fine_labels" if fine else b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise LifelongError(
-            f"'{path}' is not a CIFAR Python batch ({err}); replace it, or use the binary version"
-        ) from None
+    # ImportError: a pickle of a newer numpy than this one names modules this one lacks.
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        LookupError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        OverflowError,
+        ImportError,
+    ) as err:
+        raise LifelongError(f"{problem} ({err}); replace it, or use the binary version") from None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise LifelongError(f"{problem} (its data are not uint8 pixels); replace it with the original")
     if data.ndim != 2 or data.shape[1] != CIFAR_PIXELS or len(data) != len(labels):
-        raise LifelongError(f"'{path}' is not a CIFAR Python batch (its arrays have the wrong shape)")
+        raise LifelongError(f"{problem} (its arrays have the wrong shape); replace it with the original")
     return data.reshape(-1, 3, CIFAR_SIDE, CIFAR_SIDE), labels

@@ -12,13 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, infer_scenario, split_train_test
 from lifelong.data.folders import data_files, natural_key
 from lifelong.errors import LifelongError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_GRAY_MODES = ("1", "L", "LA")
+_DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def is_image_folder(path: Path) -> bool:
@@ -64,8 +66,7 @@ def load_image_folders(
         keep = owner == t
         train, test = split_train_test(x[keep], y[keep], test_size, seed, task_name)
         tasks.append(Task(task_name, train, test, sorted(index[name] for name in classes)))
-    first = tasks[0].train.tensors[0].float().div(255)  # type: ignore[attr-defined]
-    stats = (first.mean(dim=(0, 2, 3)).tolist(), first.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    stats = _channel_stats(tasks[0].train.tensors[0])  # type: ignore[attr-defined]
     return Stream(
         root.resolve().name,
         tasks,
@@ -75,8 +76,23 @@ def load_image_folders(
         class_names,
         "cnn",
         normalize=stats,
+        augmentable=True,
         details={"tasks": {task.name: [class_names[c] for c in task.classes] for task in tasks}},
     )
+
+
+def _channel_stats(pixels: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and deviation of uint8 images, in chunks (a float copy would be 4x the set)."""
+    total = torch.zeros(pixels.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for part in pixels.split(chunk):
+        values = part.double().div_(255).transpose(0, 1).reshape(pixels.shape[1], -1)
+        total += values.sum(1)
+        squares += values.square().sum(1)
+    count = pixels.numel() / pixels.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-6).sqrt()
+    return mean.tolist(), std.tolist()
 
 
 def _folders(path: Path) -> list[Path]:
@@ -105,10 +121,7 @@ def _layout(root: Path, classes_per_task: int | None) -> dict[str, dict[str, Pat
             for i, group in enumerate(groups)
         }
     if any(holds_images):
-        empty = folders[holds_images.index(False)]
-        raise LifelongError(
-            f"class folder '{empty}' holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
-        )
+        raise LifelongError(_no_images(folders[holds_images.index(False)]))
     if classes_per_task is not None:
         raise LifelongError(f"'{root}' holds one folder per task already; drop --classes-per-task")
     layout = {}
@@ -118,11 +131,13 @@ def _layout(root: Path, classes_per_task: int | None) -> dict[str, dict[str, Pat
             raise LifelongError(f"task folder '{task}' holds no class folders; add them or remove it")
         for folder in classes:
             if not _images(folder):
-                raise LifelongError(
-                    f"class folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
-                )
+                raise LifelongError(_no_images(folder))
         layout[task.name] = {folder.name: folder for folder in classes}
     return layout
+
+
+def _no_images(folder: Path) -> str:
+    return f"class folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
 
 
 def _decode(path: Path, size: int | None) -> np.ndarray:
@@ -131,6 +146,11 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
+            if image.mode in _DEEP_MODES:  # 16-bit gray: scale to 8 bits, where convert("L") would clip
+                deep = np.asarray(image, dtype=np.float64)
+                sixteen = image.mode.startswith("I;16") or deep.max() > 255
+                eight = np.clip(np.round(deep / 257 if sixteen else deep), 0, 255)
+                image = Image.fromarray(eight.astype(np.uint8))
             image = image.convert("L" if image.mode in _GRAY_MODES else "RGB")
             if size is not None and image.size != (size, size):
                 image = image.resize((size, size), Image.Resampling.BILINEAR)

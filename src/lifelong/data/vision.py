@@ -1,8 +1,8 @@
 """The image streams of the continual-learning literature, from files the user has (or downloads).
 
 Split streams cut the classes into tasks; the class order is shuffled by the seed (``order=natural``
-keeps 0, 1, 2, ...). Permuted and rotated MNIST keep every class and change the inputs per task;
-task 0 is the original. Each dataset's own train/test split is kept. Pixels stay uint8 and the model
+keeps 0, 1, 2, ...). Permuted and rotated MNIST keep every class and change the inputs per task
+(permuted: task 0 is the original; rotated: angles rise from task to task, as in GEM). Each dataset's own train/test split is kept. Pixels stay uint8 and the model
 normalises them (`Stream.normalize`); how the stream was cut goes into ``Stream.details``.
 """
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from lifelong.core.stream import Scenario, Stream, Task
+from lifelong.core.stream import PERMUTED_TASKS_MAX, Scenario, Stream, Task
 from lifelong.data.image_files import read_dataset
 from lifelong.errors import LifelongError
 
@@ -26,8 +26,8 @@ DEFAULT_ROOT = "data"
 STATS = {
     "mnist": ([0.1307], [0.3081]),
     "fashion-mnist": ([0.2860], [0.3530]),
-    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
-    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2615]),
+    "cifar100": ([0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761]),
 }
 CLASS_NAMES = {
     "fashion-mnist": [
@@ -49,10 +49,9 @@ NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 
 def load_images(kind: str, data_root: str | None, download: bool, train_samples: int, seed: int):
     """The dataset's arrays as tensors, the training set cut to ``train_samples`` (0: all) at random."""
-    root = Path(data_root or DEFAULT_ROOT)
-    x_train, y_train, x_test, y_test = read_dataset(kind, root, download)
     if train_samples < 0:
         raise LifelongError(f"train_samples must be 0 (all) or more, got {train_samples}")
+    x_train, y_train, x_test, y_test = read_dataset(kind, Path(data_root or DEFAULT_ROOT), download)
     if 0 < train_samples < len(y_train):
         keep = np.sort(np.random.default_rng(seed).permutation(len(y_train))[:train_samples])
         x_train, y_train = x_train[keep], y_train[keep]
@@ -107,6 +106,7 @@ def _split(
         CLASS_NAMES.get(kind, []),
         default_model,
         normalize=STATS[kind],
+        augmentable=True,
         details={"class_order": [int(c) for c in ranked], "tasks": groups},
     )
 
@@ -182,8 +182,6 @@ def _changed_inputs(
     download: bool,
 ) -> Stream:
     """Every digit in every task, the inputs of task ``i`` passed through ``change(x, i)``."""
-    if not 1 <= tasks <= 1000:
-        raise LifelongError(f"{name} has 1 to 1000 tasks, got {tasks}; try tasks=10")
     x_train, y_train, x_test, y_test = load_images("mnist", data_root, download, train_samples, seed)
     stream_tasks = [
         Task(
@@ -194,9 +192,16 @@ def _changed_inputs(
         )
         for i in range(tasks)
     ]
+    # Not augmentable: a crop or flip of a permuted image is noise, and a flip of a digit another digit.
     return Stream(
         name, stream_tasks, "domain", 10, tuple(x_train.shape[1:]), normalize=STATS["mnist"], details=details
     )
+
+
+def _check_tasks(name: str, tasks: int) -> None:
+    """Before anything is drawn per task: a huge count must fail at once, not after the drawing."""
+    if not 1 <= tasks <= PERMUTED_TASKS_MAX:
+        raise LifelongError(f"{name} has 1 to {PERMUTED_TASKS_MAX} tasks, got {tasks}; try tasks=10")
 
 
 def permuted_mnist(
@@ -207,18 +212,20 @@ def permuted_mnist(
     download: bool = False,
 ) -> Stream:
     """MNIST (your files) under a new pixel permutation per task (domain-incremental; task 0 as is)."""
-    rng = np.random.default_rng(seed)
-    orders = [np.arange(784)] + [rng.permutation(784) for _ in range(1, max(tasks, 1))]
+    _check_tasks("permuted-mnist", tasks)
 
     def permute(x: torch.Tensor, i: int) -> torch.Tensor:
-        flat = x.reshape(len(x), -1)
-        return flat[:, torch.from_numpy(orders[i])].reshape(x.shape) if i else x
+        if i == 0:
+            return x
+        flat = x.reshape(len(x), -1)  # task i's permutation: the same for its train and test sets
+        order = np.random.default_rng([seed, i]).permutation(flat.shape[1])
+        return flat[:, torch.from_numpy(order)].reshape(x.shape)
 
     return _changed_inputs(
         "permuted-mnist",
         "perm",
         permute,
-        {"permutation_seed": seed},
+        {"permutations": f"numpy.random.default_rng([{seed}, task]).permutation(784) for task >= 1"},
         seed=seed,
         tasks=tasks,
         train_samples=train_samples,
@@ -229,20 +236,24 @@ def permuted_mnist(
 
 def rotated_mnist(
     seed: int = 0,
-    tasks: int = 10,
+    tasks: int = 20,
     max_angle: float = 180.0,
     train_samples: int = 0,
     data_root: str | None = None,
     download: bool = False,
 ) -> Stream:
-    """MNIST (your files) rotated by a fixed angle per task (domain-incremental; task 0 unrotated)."""
+    """MNIST (your files) rotated by a fixed angle per task, angles rising (domain-incremental)."""
+    _check_tasks("rotated-mnist", tasks)
+    if not 0 <= max_angle <= 360:
+        raise LifelongError(f"max_angle must be between 0 and 360 degrees, got {max_angle}")
+    # GEM's rotations: task t's angle drawn uniformly from its own bin [t, t + 1) * max_angle / tasks.
     rng = np.random.default_rng(seed)
-    angles = [0.0] + [round(float(a), 2) for a in rng.uniform(0, max_angle, max(tasks, 1) - 1)]
+    angles = [round(float(max_angle / tasks * (t + rng.uniform())), 2) for t in range(tasks)]
     return _changed_inputs(
         "rotated-mnist",
         "rot",
         lambda x, i: rotate(x, angles[i]),
-        {"angles": angles[:tasks]},
+        {"angles": angles},
         seed=seed,
         tasks=tasks,
         train_samples=train_samples,

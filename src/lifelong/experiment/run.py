@@ -9,6 +9,7 @@ last) is `lifelong.runs.folder.RunFolder`, the same for every command that train
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from collections.abc import Callable
@@ -80,14 +81,33 @@ def build_stream(config: RunConfig) -> Stream:
             return load_hf_stream(config.data, text_column=config.text_column, **columns, **tasks, **split)
         if is_image_folder(path):
             return load_image_folders(path, image_size=config.image_size, **tasks, **split)
+        if config.image_size is not None:
+            raise LifelongError(
+                f"--image-size resizes the images of a folder of class folders, and '{path}' is none"
+            )
         return load_user_stream(path, **columns, **tasks, **split)
     files = {"data_root": config.data_root, "download": config.download}
     return build_benchmark(config.benchmark, seed=config.seed, scenario=config.scenario, files=files)
 
 
+# Settings that came after runs were first checkpointed: at their defaults they are left out of the
+# fingerprint, so a run started before they existed still resumes.
+LATER_SETTINGS = {
+    "data_root": None,
+    "download": False,
+    "augment": False,
+    "image_size": None,
+    "text_column": None,
+}
+
+
 def config_fingerprint(config: RunConfig, compositions: list[str]) -> str:
     """What a checkpoint must agree with to be resumed: every setting that changes the numbers."""
-    settings = {k: v for k, v in config.to_json().items() if k not in ("out", "overwrite")}
+    settings = {
+        k: v
+        for k, v in config.to_json().items()
+        if k not in ("out", "overwrite") and not (k in LATER_SETTINGS and LATER_SETTINGS[k] == v)
+    }
     settings["strategies"] = compositions
     return json_digest(settings)
 
@@ -287,6 +307,30 @@ def _open(
     return folder, config, compositions, processes
 
 
+def _open_stream(config: RunConfig, folder: RunFolder, processes: Processes) -> Stream:
+    """The run's stream, its cut recorded in run.json (a resumed run's must be the same)."""
+    if config.download and processes.world > 1:  # one process downloads; the others then read
+        stream = build_stream(config) if processes.is_main else None
+        processes.wait()
+        stream = stream or build_stream(config)
+    else:
+        stream = build_stream(config)
+    if config.augment and not stream.augmentable:
+        raise LifelongError(
+            f"--augment crops and flips natural images, and {stream.name}'s inputs would not keep their "
+            "labels under it (or are not images); drop --augment"
+        )
+    recorded = folder.saved.get("stream")
+    if recorded is not None and recorded != json.loads(json.dumps(stream.details)):
+        raise LifelongError(
+            f"the stream is not cut as when {folder.path} started (its files or folders changed); "
+            "restore them, or start a new run"
+        )
+    if processes.is_main and stream.details and recorded is None:
+        folder.describe("stream", stream.details)
+    return stream
+
+
 def run_experiment(
     config: RunConfig | None = None,
     console: Console | None = None,
@@ -311,13 +355,7 @@ def run_experiment(
     started = time.perf_counter()
     # Only the main process holds the folder: it alone releases it, or abandons it after a failure.
     with folder.running() if processes.is_main else contextlib.nullcontext():
-        stream = build_stream(config)
-        if config.augment and stream.normalize is None:
-            raise LifelongError(
-                f"--augment crops and flips images, but {stream.name} holds none; drop --augment"
-            )
-        if processes.is_main and stream.details:
-            folder.describe("stream", stream.details)
+        stream = _open_stream(config, folder, processes)
         fingerprint = config_fingerprint(config, compositions)
         with _progress(console, show_progress) as progress:
             overall = progress.add_task("strategies", total=len(compositions))

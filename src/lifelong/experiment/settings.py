@@ -86,6 +86,13 @@ class RunConfig(CommonSettings):
             raise LifelongError(
                 f"test size must be between 0 and 1, got {self.test_size}; try --test-size 0.3"
             )
+        if self.data and (self.data_root or self.download):
+            raise LifelongError(
+                "--data-root and --download are for the built-in image streams (--benchmark split-mnist ...); "
+                "--data names your files itself, so drop them"
+            )
+        if self.image_size is not None and not self.data:
+            raise LifelongError("--image-size resizes the images of --data DIR (class folders); drop it")
         if self.image_size is not None and self.image_size < 1:
             raise LifelongError(
                 f"image size must be at least 1 pixel, got {self.image_size}; try --image-size 32"

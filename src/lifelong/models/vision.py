@@ -17,6 +17,8 @@ class ImageInput(nn.Module):
     """uint8 ``[N, C, H, W]`` pixels to floats normalised per channel: images stay four times smaller
     in memory and in replay buffers than as floats, and every model reads them alike."""
 
+    reads_pixels = True  # what the Learner looks for before it feeds an image stream to a model
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         shape = (1, len(mean), 1, 1)

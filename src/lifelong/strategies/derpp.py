@@ -41,13 +41,16 @@ class DERPP(Strategy):
             # Two draws, as in the paper: one for the logits term, one for the labels term. They
             # are the two halves of one random draw, so one forward pass serves both.
             old = self.buffer.sample(2 * self.minibatch_size, learner.generator)
-            logits, k = learner.forward(old.x, old.task_ids), (len(old) + 1) // 2
+            # As in Mammoth: stored inputs are raw, and augmented afresh each time they are replayed.
+            logits, k = learner.forward(learner.augmented(old.x), old.task_ids), (len(old) + 1) // 2
             loss = self.alpha * F.mse_loss(logits[:k], old.extras["logits"][:k])
             if k < len(old):
                 loss = loss + self.beta * learner.criterion(logits[k:], old.y[k:])
         # Stream-wise reservoir: no task boundaries needed, and the stored logits are the ones the
         # model produced while learning the sample, the knowledge worth keeping.
-        self.buffer.add(batch, generator=learner.generator, logits=outputs.detach())
+        raw_x = learner.raw_inputs
+        raw = batch if raw_x is None or raw_x is batch.x else Batch(raw_x, batch.y, batch.task_ids)
+        self.buffer.add(raw, generator=learner.generator, logits=outputs.detach())
         return loss
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,109 @@
+"""Image class folders as a stream: layouts, decoding, and one line for each problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from image_fixtures import FAST, bad_input, matrix_of, write_image_folders
+
+from lifelong.data.image_folders import load_image_folders
+from lifelong.errors import LifelongError
+
+
+def test_image_folders_of_classes_and_of_tasks(cli, tmp_path: Path) -> None:
+    write_image_folders(tmp_path / "classes", classes=4, per_class=10)
+    code, _, err = cli(
+        "run",
+        "--data",
+        str(tmp_path / "classes"),
+        "--classes-per-task",
+        "2",
+        "--out",
+        str(tmp_path / "a"),
+        *FAST,
+    )
+    assert code == 0, err
+    assert len(matrix_of(tmp_path / "a")) == 2
+    write_image_folders(tmp_path / "tasks", classes=4, per_class=10, tasks=2, color=True)
+    out = tmp_path / "b"
+    code, _, err = cli(
+        "run",
+        "--data",
+        str(tmp_path / "tasks"),
+        "--augment",
+        "--model",
+        "reduced-resnet18:width=4",
+        "--out",
+        str(out),
+        *FAST,
+    )
+    assert code == 0, err
+    stream = json.loads((out / "run.json").read_text())["stream"]
+    assert stream["tasks"] == {"task0": ["class0", "class1"], "task1": ["class2", "class3"]}
+    loaded = load_image_folders(tmp_path / "tasks")
+    assert loaded.input_shape == (3, 12, 12) and loaded.class_names == [
+        "class0",
+        "class1",
+        "class2",
+        "class3",
+    ]
+
+
+def test_image_size_resizes_and_gray_joins_colour(tmp_path: Path) -> None:
+    from PIL import Image
+
+    write_image_folders(tmp_path, classes=2, per_class=6)
+    Image.new("RGB", (20, 16), (255, 0, 0)).save(tmp_path / "class0" / "big.png")
+    with pytest.raises(LifelongError, match=r"differ in size.*--image-size"):
+        load_image_folders(tmp_path, classes_per_task=1)
+    stream = load_image_folders(tmp_path, classes_per_task=1, image_size=8)
+    assert stream.input_shape == (3, 8, 8)
+
+
+def test_image_folder_problems_say_so_in_one_line(cli, tmp_path: Path) -> None:
+    root = write_image_folders(tmp_path / "imgs", classes=2, per_class=6)
+    (root / "class1" / "0broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert "0broken.png' is not a readable image" in bad_input(
+        cli, tmp_path, "--data", str(root), "--classes-per-task", "1"
+    )
+    (root / "class1" / "0broken.png").unlink()
+    (root / "class2").mkdir()
+    (root / "class2" / "notes.txt").write_text("no images here")
+    assert "class2' holds no images" in bad_input(
+        cli, tmp_path, "--data", str(root), "--classes-per-task", "1"
+    )
+    shutil.rmtree(root / "class2")
+    assert "--classes-per-task N" in bad_input(cli, tmp_path, "--data", str(root))
+    assert "--data-root" in bad_input(cli, tmp_path, "--benchmark", "split-digits", "--data-root", str(root))
+    assert "drop --augment" in bad_input(cli, tmp_path, "--augment")
+
+
+def test_sixteen_bit_gray_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for label, level in ((0, 1000), (1, 60000)):
+        folder = tmp_path / f"class{label}"
+        folder.mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((4, 4), level, dtype=np.uint16)).save(folder / f"{i}.png")
+    stream = load_image_folders(tmp_path, classes_per_task=2, test_size=0.5)
+    pixels = torch.cat([stream[0].train.tensors[0], stream[0].test.tensors[0]]).unique().tolist()
+    assert pixels == [round(1000 / 257), round(60000 / 257)]
+
+
+def test_a_resumed_run_refuses_a_stream_cut_differently(cli, tmp_path: Path) -> None:
+    root = write_image_folders(tmp_path / "imgs", classes=4, per_class=6, tasks=2)
+    out = tmp_path / "run"
+    code, _, err = cli("run", "--data", str(root), "--out", str(out), *FAST)
+    assert code == 0, err
+    saved = json.loads((out / "run.json").read_text())
+    (out / "results.json").unlink()  # as if it had stopped before its end
+    shutil.move(str(root / "task1" / "class3"), str(root / "task0" / "class3"))
+    code, _, err = cli("run", "--resume", str(out), "--no-progress", "--report", "none")
+    assert code == 2 and "not cut as when" in err
+    assert json.loads((out / "run.json").read_text()) == saved
