@@ -107,3 +107,19 @@ def test_a_resumed_run_refuses_a_stream_cut_differently(cli, tmp_path: Path) -> 
     code, _, err = cli("run", "--resume", str(out), "--no-progress", "--report", "none")
     assert code == 2 and "not cut as when" in err
     assert json.loads((out / "run.json").read_text()) == saved
+
+
+def test_decoding_shows_one_bar_that_counts_every_image_and_goes(tmp_path: Path) -> None:
+    from rich.progress import Progress
+
+    class Counted(Progress):
+        advanced = 0
+
+        def advance(self, task_id, advance: float = 1) -> None:  # type: ignore[no-untyped-def]
+            Counted.advanced += 1
+            super().advance(task_id, advance)
+
+    write_image_folders(tmp_path, classes=2, per_class=5)
+    progress = Counted(disable=True)
+    load_image_folders(tmp_path, classes_per_task=1, progress=progress)
+    assert Counted.advanced == 10 and not progress.tasks

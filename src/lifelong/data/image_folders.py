@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import Progress
 
 from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, infer_scenario, split_train_test
 from lifelong.data.folders import data_files, natural_key
@@ -41,8 +42,10 @@ def load_image_folders(
     test_size: float = 0.3,
     seed: int = 0,
     image_size: int | None = None,
+    progress: Progress | None = None,
 ) -> Stream:
-    """The stream in ``root``; class folders with the same name in two tasks are the same class."""
+    """The stream in ``root``; class folders with the same name in two tasks are the same class.
+    ``progress`` shows the decoding (one bar, gone when done)."""
     if scenario is not None and scenario not in SCENARIOS:
         raise LifelongError(f"unknown scenario '{scenario}'; use one of: {', '.join(SCENARIOS)}")
     if image_size is not None and image_size < 1:
@@ -52,13 +55,21 @@ def load_image_folders(
         {name for classes in layout.values() for name in classes}, key=lambda n: natural_key(Path(n))
     )
     index = {name: i for i, name in enumerate(class_names)}
-    pixels, labels, task_of = [], [], []
-    for t, classes in enumerate(layout.values()):
-        for name, folder in classes.items():
-            for path in _images(folder):
-                pixels.append(_decode(path, image_size))
-                labels.append(index[name])
-                task_of.append(t)
+    files = [
+        (path, index[name], t)
+        for t, classes in enumerate(layout.values())
+        for name, folder in classes.items()
+        for path in _images(folder)
+    ]
+    bar = progress.add_task("decoding images", total=len(files)) if progress is not None else None
+    pixels = []
+    for path, _, _ in files:
+        pixels.append(_decode(path, image_size))
+        if progress is not None and bar is not None:
+            progress.advance(bar)
+    if progress is not None and bar is not None:
+        progress.remove_task(bar)
+    labels, task_of = [label for _, label, _ in files], [t for _, _, t in files]
     x = _stack(pixels, image_size)
     y, owner = np.asarray(labels, dtype=np.int64), np.asarray(task_of)
     tasks = []

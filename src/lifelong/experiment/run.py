@@ -62,7 +62,7 @@ def default_strategies() -> list[str]:
     return [name for name, cls in REGISTRY.items() if cls.in_default_run]
 
 
-def build_stream(config: RunConfig) -> Stream:
+def build_stream(config: RunConfig, progress: Progress | None = None) -> Stream:
     """The stream ``config`` names: its --data (a table, image folders, a Hugging Face dataset) or a
     built-in benchmark."""
     if config.data:
@@ -82,7 +82,7 @@ def build_stream(config: RunConfig) -> Stream:
         if config.data.startswith(HF_PREFIX) or is_saved_dataset(path):
             return load_hf_stream(config.data, text_column=config.text_column, **columns, **tasks, **split)
         if is_image_folder(path):
-            return load_image_folders(path, image_size=config.image_size, **tasks, **split)
+            return load_image_folders(path, image_size=config.image_size, progress=progress, **tasks, **split)
         if config.image_size is not None:
             raise LifelongError(
                 f"--image-size resizes the images of a folder of class folders, and '{path}' is none"
@@ -309,14 +309,16 @@ def _open(
     return folder, config, compositions, processes
 
 
-def _open_stream(config: RunConfig, folder: RunFolder, processes: Processes) -> Stream:
+def _open_stream(
+    config: RunConfig, folder: RunFolder, processes: Processes, progress: Progress | None = None
+) -> Stream:
     """The run's stream, its cut recorded in run.json (a resumed run's must be the same)."""
     if config.download and processes.world > 1:  # one process downloads; the others then read
-        stream = build_stream(config) if processes.is_main else None
+        stream = build_stream(config, progress) if processes.is_main else None
         processes.wait()
         stream = stream or build_stream(config)
     else:
-        stream = build_stream(config)
+        stream = build_stream(config, progress)
     if config.augment and not stream.augmentable:
         raise LifelongError(
             f"--augment crops and flips natural images, and {stream.name}'s inputs would not keep their "
@@ -357,9 +359,9 @@ def run_experiment(
     started = time.perf_counter()
     # Only the main process holds the folder: it alone releases it, or abandons it after a failure.
     with folder.running() if processes.is_main else contextlib.nullcontext():
-        stream = _open_stream(config, folder, processes)
-        fingerprint = config_fingerprint(config, compositions)
         with _progress(console, show_progress) as progress:
+            stream = _open_stream(config, folder, processes, progress)
+            fingerprint = config_fingerprint(config, compositions)
             overall = progress.add_task("strategies", total=len(compositions))
             results = []
             for index, composition in enumerate(compositions):
