@@ -123,3 +123,9 @@ def test_decoding_shows_one_bar_that_counts_every_image_and_goes(tmp_path: Path)
     progress = Counted(disable=True)
     load_image_folders(tmp_path, classes_per_task=1, progress=progress)
     assert Counted.advanced == 10 and not progress.tasks
+
+
+def test_an_image_size_the_memory_cannot_hold_is_refused_before_decoding(cli, tmp_path: Path) -> None:
+    root = write_image_folders(tmp_path / "imgs", classes=2, per_class=6)
+    err = bad_input(cli, tmp_path, "--data", str(root), "--classes-per-task", "1", "--image-size", "1000000")
+    assert "12 images of 1000000x1000000 needs" in err and "smaller --image-size" in err

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from lifelong.core.memory import check_fits
 from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, infer_scenario, split_train_test
 from lifelong.data.folders import data_files, natural_key
 from lifelong.errors import LifelongError
@@ -61,6 +62,7 @@ def load_image_folders(
         for name, folder in classes.items()
         for path in _images(folder)
     ]
+    _check_room(files[0][0], len(files), image_size)
     bar = progress.add_task("decoding images", total=len(files)) if progress is not None else None
     pixels = []
     for path, _, _ in files:
@@ -145,6 +147,20 @@ def _layout(root: Path, classes_per_task: int | None) -> dict[str, dict[str, Pat
                 raise LifelongError(_no_images(folder))
         layout[task.name] = {folder.name: folder for folder in classes}
     return layout
+
+
+def _check_room(first: Path, count: int, size: int | None) -> None:
+    """The decoded images must fit in memory: judged by the first one (all must have its size), or by
+    ``size`` before anything is decoded (a resize to it allocates at once)."""
+    if size is not None:
+        check_fits(
+            3 * size * size * count, f"{count:,} images of {size}x{size}", "choose a smaller --image-size"
+        )
+        return
+    pixels = _decode(first, None)
+    height, width = pixels.shape[1:]
+    fix = "pass --image-size N to shrink them"
+    check_fits(3 * height * width * count, f"{count:,} images of {width}x{height}", fix)
 
 
 def _no_images(folder: Path) -> str:

@@ -12,7 +12,6 @@ Replay, DER++ and A-GEM keep their samples in one.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from lifelong.core.memory import check_fits
 from lifelong.core.strategy import Batch
 from lifelong.errors import LifelongError
 
@@ -46,15 +46,7 @@ class Memories(Batch):
 
 def _check_fits(needed: int, max_size: int) -> None:
     """A buffer is allocated whole: refuse one larger than the machine's memory before asking for it."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system: let the allocation decide
-        return
-    if needed > total:
-        raise LifelongError(
-            f"a replay buffer of {max_size:,} samples needs {needed / 2**30:,.1f} GiB, more than this "
-            f"machine's {total / 2**30:,.1f} GiB; choose a smaller buffer_size"
-        )
+    check_fits(needed, f"a replay buffer of {max_size:,} samples", "choose a smaller buffer_size")
 
 
 class ReplayBuffer:
