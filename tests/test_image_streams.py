@@ -379,3 +379,12 @@ def test_der_stores_raw_inputs_and_replays_them_augmented(tmp_path: Path) -> Non
     assert all(tuple(x.flatten().tolist()) in train for x in stored[x_key])  # raw, as the files hold them
     batches = sum(-(-len(task.train) // 8) for task in stream)
     assert len(seen) > batches  # the training batches, and the replayed samples too
+
+
+def test_a_permuted_stream_the_memory_cannot_hold_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import lifelong.core.memory
+
+    write_mnist(tmp_path)
+    monkeypatch.setattr(lifelong.core.memory, "physical_memory", lambda: 400 * 2**10)
+    with pytest.raises(LifelongError, match=r"permuted-mnist with 5 tasks needs.*fewer tasks"):
+        build_benchmark("permuted-mnist:tasks=5", files={"data_root": str(tmp_path)})

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from lifelong.core.memory import check_fits
 from lifelong.core.stream import PERMUTED_TASKS_MAX, Scenario, Stream, Task
 from lifelong.data.image_files import read_dataset
 from lifelong.errors import LifelongError
@@ -47,7 +48,9 @@ CLASS_NAMES = {
 NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
-def load_images(kind: str, data_root: str | None, download: bool, train_samples: int, seed: int):
+def load_images(
+    kind: str, data_root: str | None, download: bool, train_samples: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The dataset's arrays as tensors, the training set cut to ``train_samples`` (0: all) at random."""
     if train_samples < 0:
         raise LifelongError(f"train_samples must be 0 (all) or more, got {train_samples}")
@@ -58,7 +61,13 @@ def load_images(kind: str, data_root: str | None, download: bool, train_samples:
     bad = [int(v) for v in np.unique(np.concatenate([y_train, y_test])) if not 0 <= v < NUM_CLASSES[kind]]
     if bad:
         raise LifelongError(f"{kind} labels must be 0..{NUM_CLASSES[kind] - 1}, but the files hold {bad[:5]}")
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test))
+    x_train, y_train, x_test, y_test = (np.ascontiguousarray(a) for a in (x_train, y_train, x_test, y_test))
+    return (
+        torch.from_numpy(x_train),
+        torch.from_numpy(y_train),
+        torch.from_numpy(x_test),
+        torch.from_numpy(y_test),
+    )
 
 
 def _split(
@@ -183,6 +192,9 @@ def _changed_inputs(
 ) -> Stream:
     """Every digit in every task, the inputs of task ``i`` passed through ``change(x, i)``."""
     x_train, y_train, x_test, y_test = load_images("mnist", data_root, download, train_samples, seed)
+    # Each task holds its own changed copy of the images.
+    needed = tasks * (x_train.nbytes + x_test.nbytes)
+    check_fits(needed, f"{name} with {tasks} tasks", "choose fewer tasks, or train_samples=N")
     stream_tasks = [
         Task(
             f"{prefix}{i}",
