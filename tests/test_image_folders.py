@@ -129,3 +129,15 @@ def test_an_image_size_the_memory_cannot_hold_is_refused_before_decoding(cli, tm
     root = write_image_folders(tmp_path / "imgs", classes=2, per_class=6)
     err = bad_input(cli, tmp_path, "--data", str(root), "--classes-per-task", "1", "--image-size", "1000000")
     assert "12 images of 1000000x1000000 needs" in err and "smaller --image-size" in err
+
+
+def test_jpeg_bmp_and_webp_files_are_read_beside_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = write_image_folders(tmp_path, classes=2, per_class=6)
+    for i, png in enumerate(sorted((root / "class1").glob("*.png"))):
+        suffix = (".jpg", ".jpeg", ".bmp", ".webp")[i % 4]
+        Image.open(png).save(png.with_suffix(suffix))
+        png.unlink()
+    stream = load_image_folders(root, classes_per_task=2, test_size=0.5)
+    assert len(stream[0].train) + len(stream[0].test) == 12
