@@ -335,16 +335,10 @@ def test_flags_that_would_be_ignored_are_refused(cli, tmp_path: Path) -> None:
     )
     assert "--image-size" in bad_input(cli, tmp_path, "--image-size", "8")
     write_mnist(tmp_path / "files")
-    err = bad_input(
-        cli,
-        tmp_path,
-        "--benchmark",
-        "permuted-mnist:tasks=2",
-        "--data-root",
-        str(tmp_path / "files"),
-        "--augment",
-    )
-    assert "drop --augment" in err
+    for digits in ("permuted-mnist:tasks=2", "split-mnist:tasks=2"):  # no crops and flips of digits
+        files = str(tmp_path / "files")
+        err = bad_input(cli, tmp_path, "--benchmark", digits, "--data-root", files, "--augment")
+        assert "drop --augment" in err
 
 
 def test_the_api_names_the_input_layer_an_image_stream_needs(tmp_path: Path) -> None:
