@@ -382,3 +382,28 @@ def test_a_permuted_stream_the_memory_cannot_hold_is_refused(tmp_path: Path, mon
     monkeypatch.setattr(lifelong.core.memory, "physical_memory", lambda: 400 * 2**10)
     with pytest.raises(LifelongError, match=r"permuted-mnist with 5 tasks needs.*fewer tasks"):
         build_benchmark("permuted-mnist:tasks=5", files={"data_root": str(tmp_path)})
+
+
+class _Processes:
+    """Two processes, seen from one of them: records the barrier."""
+
+    def __init__(self, main: bool) -> None:
+        self.world, self.is_main, self.waited = 2, main, 0
+
+    def wait(self) -> None:
+        self.waited += 1
+
+
+def test_a_failed_download_on_the_main_process_passes_the_barrier_before_it_raises(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lifelong.experiment import RunConfig
+    from lifelong.experiment.run import _open_stream
+
+    config = RunConfig(benchmark="split-mnist", data_root=str(tmp_path), download=True).validate()
+    folder = SimpleNamespace(saved={}, describe=lambda *_: None)
+    for main, said in ((True, r"torchvision|downloading mnist"), (False, "or add --download")):
+        processes = _Processes(main)
+        with pytest.raises(LifelongError, match=said):  # the others read, and never download
+            _open_stream(config, folder, processes)  # type: ignore[arg-type]
+        assert processes.waited == 1

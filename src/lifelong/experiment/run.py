@@ -9,6 +9,7 @@ last) is `lifelong.runs.folder.RunFolder`, the same for every command that train
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -314,9 +315,16 @@ def _open_stream(
 ) -> Stream:
     """The run's stream, its cut recorded in run.json (a resumed run's must be the same)."""
     if config.download and processes.world > 1:  # one process downloads; the others then read
-        stream = build_stream(config, progress) if processes.is_main else None
+        stream, failure = None, None
+        if processes.is_main:
+            try:
+                stream = build_stream(config, progress)
+            except LifelongError as err:  # raised after the barrier: the others must not wait for ever
+                failure = err
         processes.wait()
-        stream = stream or build_stream(config)
+        if failure is not None:
+            raise failure
+        stream = stream or build_stream(dataclasses.replace(config, download=False))
     else:
         stream = build_stream(config, progress)
     if config.augment and not stream.augmentable:
