@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -141,3 +142,55 @@ def test_jpeg_bmp_and_webp_files_are_read_beside_png(tmp_path: Path) -> None:
         png.unlink()
     stream = load_image_folders(root, classes_per_task=2, test_size=0.5)
     assert len(stream[0].train) + len(stream[0].test) == 12
+
+
+def test_class_names_that_sort_alike_keep_one_order_whatever_the_hash_seed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for name in ("cat", "Cat", "dog01", "dog1"):
+        write_image_folders(tmp_path / "src", classes=1, per_class=4)
+        shutil.move(str(tmp_path / "src" / "class0"), str(tmp_path / "imgs" / name))
+    probe = (
+        "import sys; from pathlib import Path; from lifelong.data.image_folders import load_image_folders;"
+        "print(load_image_folders(Path(sys.argv[1]), classes_per_task=2, test_size=0.5).class_names)"
+    )
+    orders = {
+        subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path / "imgs")],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(3)
+    }
+    assert orders == {"['Cat', 'cat', 'dog01', 'dog1']\n"}
+
+
+def test_channel_statistics_in_small_chunks_match_the_whole(tmp_path: Path) -> None:
+    from lifelong.data.image_folders import _channel_stats
+
+    pixels = torch.randint(0, 256, (37, 3, 5, 4), dtype=torch.uint8)
+    mean, std = _channel_stats(pixels, chunk_pixels=50)  # a chunk of 2 images
+    whole = pixels.double().div(255)
+    assert mean == pytest.approx(whole.mean(dim=(0, 2, 3)).tolist(), rel=1e-12)
+    assert std == pytest.approx(whole.std(dim=(0, 2, 3), unbiased=False).tolist(), rel=1e-9)
+
+
+def test_a_run_folder_from_before_run_json_named_its_command_resumes_more_than_once(
+    cli, tmp_path: Path
+) -> None:
+    """A stream whose cut is recorded rewrites run.json: it must stay readable as its own format."""
+    root = write_image_folders(tmp_path / "imgs", classes=4, per_class=6, tasks=2)
+    out = tmp_path / "run"
+    code, _, err = cli("run", "--data", str(root), "--out", str(out), *FAST)
+    assert code == 0, err
+    saved = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(saved["settings"]))  # the older layout: settings alone
+    for _ in range(2):
+        (out / "results.json").unlink()
+        code, _, err = cli("run", "--resume", str(out), "--no-progress", "--report", "none")
+        assert code == 0, err
+    resumed = json.loads((out / "run.json").read_text())
+    assert resumed["settings"] == saved["settings"] and resumed["stream"] == saved["stream"]

@@ -203,7 +203,7 @@ def _reference_sets(raw: Path) -> tuple[torch.utils.data.Dataset, torch.utils.da
     return sets[0], sets[1]
 
 
-def test_a_bare_dataloader_loop_over_the_same_files_gives_the_samematrix_of(cli, tmp_path: Path) -> None:
+def test_a_bare_dataloader_loop_over_the_same_files_gives_the_same_matrix(cli, tmp_path: Path) -> None:
     """Acceptance: the loaders feed the same tensors, so one seed gives one matrix either way."""
     raw = write_mnist(tmp_path / "files", compress=False, train=30, test=10)  # as torchvision leaves them
     out = tmp_path / "run"
@@ -407,3 +407,22 @@ def test_a_failed_download_on_the_main_process_passes_the_barrier_before_it_rais
         with pytest.raises(LifelongError, match=said):  # the others read, and never download
             _open_stream(config, folder, processes)  # type: ignore[arg-type]
         assert processes.waited == 1
+
+
+def test_agem_augments_its_reference_samples_as_training_batches_are(tmp_path: Path) -> None:
+    from lifelong import Learner, build_strategies
+
+    write_cifar10_binary(tmp_path)
+    stream = build_benchmark("split-cifar10:tasks=2", files={"data_root": str(tmp_path)})
+    model = build_model("cnn:channels=2,hidden=4", stream.input_shape, 10, seed=0, normalize=stream.normalize)
+    sizes = []
+
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        sizes.append(len(x))
+        return random_crop_flip(x, generator)
+
+    Learner(model, build_strategies("agem:sample_size=7"), epochs=1, batch_size=8, augment=augment).fit(
+        stream
+    )
+    second_task_steps = -(-len(stream[1].train) // 8)
+    assert sizes.count(7) == second_task_steps  # one reference draw of 7 per step once memory holds task 0

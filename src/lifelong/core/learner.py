@@ -145,7 +145,8 @@ class Learner:
         ):
             raise LifelongError(
                 f"{stream.name} holds uint8 pixels, and this model has no input layer that reads them; "
-                "build it with build_model(..., normalize=stream.normalize)"
+                "build it with build_model(..., normalize=stream.normalize) (a model of your own that reads "
+                "uint8 itself says so with a module attribute reads_pixels = True)"
             )
         self.stream = stream
         self._class_mask = stream.class_mask().to(self.device) if stream.scenario == "task" else None

@@ -53,7 +53,7 @@ def load_image_folders(
         raise LifelongError(f"image size must be at least 1 pixel, got {image_size}")
     layout = _layout(root, classes_per_task)
     class_names = sorted(
-        {name for classes in layout.values() for name in classes}, key=lambda n: natural_key(Path(n))
+        {name for classes in layout.values() for name in classes}, key=lambda n: (natural_key(Path(n)), n)
     )
     index = {name: i for i, name in enumerate(class_names)}
     files = [
@@ -94,10 +94,12 @@ def load_image_folders(
     )
 
 
-def _channel_stats(pixels: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and deviation of uint8 images, in chunks (a float copy would be 4x the set)."""
+def _channel_stats(pixels: torch.Tensor, chunk_pixels: int = 2**22) -> tuple[list[float], list[float]]:
+    """Per-channel mean and deviation of uint8 images, a few million pixels at a time (a float copy of
+    the whole set would be 8x its size)."""
     total = torch.zeros(pixels.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
+    chunk = max(1, chunk_pixels // max(1, pixels[0].numel()))
     for part in pixels.split(chunk):
         values = part.double().div_(255).transpose(0, 1).reshape(pixels.shape[1], -1)
         total += values.sum(1)

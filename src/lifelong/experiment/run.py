@@ -315,11 +315,12 @@ def _open_stream(
 ) -> Stream:
     """The run's stream, its cut recorded in run.json (a resumed run's must be the same)."""
     if config.download and processes.world > 1:  # one process downloads; the others then read
-        stream, failure = None, None
+        stream: Stream | None = None
+        failure: Exception | None = None
         if processes.is_main:
             try:
                 stream = build_stream(config, progress)
-            except LifelongError as err:  # raised after the barrier: the others must not wait for ever
+            except Exception as err:  # raised after the barrier: the others must not wait for ever
                 failure = err
         processes.wait()
         if failure is not None:
@@ -333,10 +334,12 @@ def _open_stream(
             "labels under it (or are not images); drop --augment"
         )
     recorded = folder.saved.get("stream")
-    if recorded is not None and recorded != json.loads(json.dumps(stream.details)):
+    now = json.loads(json.dumps(stream.details))
+    if recorded is not None and recorded != now:
+        differ = sorted(k for k in {*recorded, *now} if recorded.get(k) != now.get(k))
         raise LifelongError(
-            f"the stream is not cut as when {folder.path} started (its files or folders changed); "
-            "restore them, or start a new run"
+            f"the stream is not cut as when {folder.path} started ({', '.join(differ)} differ: its files "
+            "or folders changed, or lifelong cuts it another way now); restore them, or start a new run"
         )
     if processes.is_main and stream.details and recorded is None:
         folder.describe("stream", stream.details)

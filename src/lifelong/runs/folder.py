@@ -264,7 +264,8 @@ def _read_run_file(path: Path, command: str) -> dict[str, Any] | None:
     if not isinstance(saved, dict):
         raise LifelongError(f"{run_file} is damaged; start a new run instead of resuming this one")
     if "format" not in saved:  # written before run.json named its command: a `lifelong run`
-        saved = {"command": "run", "files": list(COMMON_FILES), "settings": saved}
+        # Upgraded whole (format included), so a rewrite (`describe`) is read as this format again.
+        saved = {"format": RUN_FORMAT, "command": "run", "files": list(COMMON_FILES), "settings": saved}
     found = saved.get("command")
     if found != command:
         raise LifelongError(

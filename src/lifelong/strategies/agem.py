@@ -44,7 +44,8 @@ class AGEM(Strategy):
             return  # first task: no past to protect
         ref = self.memory.sample(self.sample_size, learner.generator).to(learner.device)
         params = [p for p in learner.model.parameters() if p.requires_grad]
-        ref_loss = learner.criterion(learner.forward(ref.x, ref.task_ids), ref.y)
+        # Augmented as training batches are (as Mammoth's A-GEM does), where the run augments.
+        ref_loss = learner.criterion(learner.forward(learner.augmented(ref.x), ref.task_ids), ref.y)
         # autograd.grad, not backward: the current gradients in .grad must stay untouched.
         ref_grads = torch.autograd.grad(ref_loss, params, allow_unused=True)
         g, g_ref = _flatten([p.grad for p in params], params), _flatten(ref_grads, params)
