@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -185,12 +186,33 @@ def test_a_dataset_dict_with_odd_splits_lists_them(cli: Cli, tmp_path: Path) -> 
     assert "alpha, beta" in err and "'train'" in err
 
 
-def test_an_image_dataset_points_at_the_image_loaders(tmp_path: Path) -> None:
+def test_an_image_dataset_becomes_an_image_stream(cli: Cli, tmp_path: Path) -> None:
     from PIL import Image
 
-    pictures = [Image.new("L", (4, 4), level) for level in (0, 80, 160, 240)]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-    data = datasets.Dataset.from_dict({"image": pictures, "label": [0, 1, 0, 1]}, features=features)
-    data.save_to_disk(str(tmp_path / "pictures"))
-    with pytest.raises(LifelongError, match=r"holds images.*class folders"):
-        load_hf_stream(str(tmp_path / "pictures"), classes_per_task=1)
+    levels = [0, 40, 80, 120, 160, 200, 240, 255]
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["dark", "mid", "light", "white"])}
+    )
+
+    def split(rows: int) -> Any:
+        labels = [i % 4 for i in range(rows)]
+        pictures = [Image.new("L", (5, 5), levels[2 * label + i % 2]) for i, label in enumerate(labels)]
+        return datasets.Dataset.from_dict({"image": pictures, "label": labels}, features=features)
+
+    datasets.DatasetDict({"train": split(24), "test": split(8)}).save_to_disk(str(tmp_path / "pictures"))
+    stream = load_hf_stream(str(tmp_path / "pictures"), classes_per_task=2)
+    x = stream[0].train.tensors[0]
+    assert x.dtype == torch.uint8 and stream.input_shape == (1, 5, 5) and stream.augmentable
+    assert [task.name for task in stream] == ["task0:dark,mid", "task1:light,white"]
+    assert len(stream[0].test) == 4 and stream.normalize is not None
+    out = tmp_path / "run"
+    code, _, err = cli(
+        "run", "--data", str(tmp_path / "pictures"), "--classes-per-task", "2", "--image-size", "8",
+        "-s", "naive", "--epochs", "1", "--report", "none", "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["results"][0]["accuracy_matrix"][1][1] >= 0
+    numbers = datasets.Dataset.from_dict({"a": [0.0, 1.0] * 6, "label": [0, 1] * 6})
+    numbers.save_to_disk(str(tmp_path / "numbers"))
+    with pytest.raises(LifelongError, match="--image-size resizes images"):
+        load_hf_stream(str(tmp_path / "numbers"), classes_per_task=1, image_size=8)

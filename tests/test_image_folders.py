@@ -169,10 +169,10 @@ def test_class_names_that_sort_alike_keep_one_order_whatever_the_hash_seed(tmp_p
 
 
 def test_channel_statistics_in_small_chunks_match_the_whole(tmp_path: Path) -> None:
-    from lifelong.data.image_folders import _channel_stats
+    from lifelong.data.image_folders import channel_stats
 
     pixels = torch.randint(0, 256, (37, 3, 5, 4), dtype=torch.uint8)
-    mean, std = _channel_stats(pixels, chunk_pixels=50)  # a chunk of 2 images
+    mean, std = channel_stats(pixels, chunk_pixels=50)  # a chunk of 2 images
     whole = pixels.double().div(255)
     assert mean == pytest.approx(whole.mean(dim=(0, 2, 3)).tolist(), rel=1e-12)
     assert std == pytest.approx(whole.std(dim=(0, 2, 3), unbiased=False).tolist(), rel=1e-9)

@@ -8,6 +8,7 @@ each task's train and test rows; a single split is divided at random, stratified
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from torch.utils.data import TensorDataset
 
 from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, infer_scenario, split_train_test
 from lifelong.data import files
+from lifelong.data.image_folders import channel_stats, decode_image, stack_images
 from lifelong.data.text import encode, resolve_tokenizer
 from lifelong.errors import LifelongError
 
@@ -51,6 +53,7 @@ def load_hf_stream(
     seed: int = 0,
     max_length: int = 128,
     tokenizer: str = "auto",
+    image_size: int | None = None,
 ) -> Stream:
     """Load ``hf:NAME``, ``hf:NAME:CONFIG`` (`datasets.load_dataset`) or a ``save_to_disk`` folder.
 
@@ -72,10 +75,9 @@ def load_hf_stream(
         table[task_column] = features[task_column].int2str(table[task_column].tolist())
     text = _text_column(features, text_column, label_column, task_column, source)
     images = [column for column, feature in features.items() if type(feature).__name__ == "Image"]
-    if text is None and images:
+    if image_size is not None and (text is not None or not images):
         raise LifelongError(
-            f"'{source}' holds images (column {images[0]}), which a Hugging Face --data does not read; "
-            "save them as class folders for --data DIR, or use a built-in image stream (lifelong benchmarks)"
+            f"--image-size resizes images, and '{source}' is read as text or numbers; drop it"
         )
     classes, (labels,) = files._class_values([table[label_column]])
     label_names = _names(features[label_column])
@@ -89,9 +91,13 @@ def load_hf_stream(
             (f"task{i}:" + ",".join(class_names[i * k : (i + 1) * k]), source, rows)
             for i, (_, rows) in enumerate(groups)
         ]
+    shape: tuple[int, ...]
     if text is not None:
         x = _encode(table[text], text, max_length, tokenizer, source)
         shape, model = (max_length,), "minilm" if resolve_tokenizer(tokenizer) == "minilm" else "tiny-bert"
+    elif images:  # pixels as the image folders keep them: uint8, normalised by the model
+        x = _decode_images(table[images[0]], images[0], image_size, source)
+        shape, model = tuple(x.shape[1:]), "cnn"
     else:
         columns = files._feature_columns(parts, label_column, task_column)
         x = torch.tensor(files._features(table, columns, source))
@@ -103,6 +109,11 @@ def load_hf_stream(
         for task, _, rows in parts
     ]
     scenario = infer_scenario(tasks, scenario, source)
+    if text is None and images:
+        stats = channel_stats(tasks[0].train.tensors[0])  # type: ignore[attr-defined]
+        return Stream(
+            name, tasks, scenario, len(classes), shape, class_names, model, normalize=stats, augmentable=True
+        )
     return Stream(name, tasks, scenario, len(classes), shape, class_names, model)
 
 
@@ -247,6 +258,19 @@ def _text_column(
             "name a column of strings with --text-column"
         )
     return text_column
+
+
+def _decode_images(column: pd.Series, name: str, size: int | None, source: str) -> torch.Tensor:
+    """An ``Image`` column (each cell the file's bytes or its path, as `to_pandas` gives them) as uint8
+    ``[N, C, H, W]``, decoded once."""
+    pixels = []
+    for row, cell in enumerate(column):
+        where = f"row {row} of column '{name}' of '{source}'"
+        data = cell.get("bytes") or cell.get("path") if isinstance(cell, dict) else None
+        if not data:
+            raise LifelongError(f"{where} holds no image; fill it or drop the row")
+        pixels.append(decode_image(io.BytesIO(data) if isinstance(data, bytes) else Path(data), size, where))
+    return torch.from_numpy(stack_images(pixels, size))
 
 
 def _encode(texts: pd.Series, column: str, max_length: int, tokenizer: str, source: str) -> torch.Tensor:

@@ -10,6 +10,7 @@ statistics, the only data a learner has seen before it starts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -66,20 +67,20 @@ def load_image_folders(
     bar = progress.add_task("decoding images", total=len(files)) if progress is not None else None
     pixels = []
     for path, _, _ in files:
-        pixels.append(_decode(path, image_size))
+        pixels.append(decode_image(path, image_size))
         if progress is not None and bar is not None:
             progress.advance(bar)
     if progress is not None and bar is not None:
         progress.remove_task(bar)
     labels, task_of = [label for _, label, _ in files], [t for _, _, t in files]
-    x = _stack(pixels, image_size)
+    x = stack_images(pixels, image_size)
     y, owner = np.asarray(labels, dtype=np.int64), np.asarray(task_of)
     tasks = []
     for t, (task_name, classes) in enumerate(layout.items()):
         keep = owner == t
         train, test = split_train_test(x[keep], y[keep], test_size, seed, task_name)
         tasks.append(Task(task_name, train, test, sorted(index[name] for name in classes)))
-    stats = _channel_stats(tasks[0].train.tensors[0])  # type: ignore[attr-defined]
+    stats = channel_stats(tasks[0].train.tensors[0])  # type: ignore[attr-defined]
     return Stream(
         root.resolve().name,
         tasks,
@@ -94,7 +95,7 @@ def load_image_folders(
     )
 
 
-def _channel_stats(pixels: torch.Tensor, chunk_pixels: int = 2**22) -> tuple[list[float], list[float]]:
+def channel_stats(pixels: torch.Tensor, chunk_pixels: int = 2**22) -> tuple[list[float], list[float]]:
     """Per-channel mean and deviation of uint8 images, a few million pixels at a time (a float copy of
     the whole set would be 8x its size)."""
     total = torch.zeros(pixels.shape[1], dtype=torch.float64)
@@ -159,7 +160,7 @@ def _check_room(first: Path, count: int, size: int | None) -> None:
             3 * size * size * count, f"{count:,} images of {size}x{size}", "choose a smaller --image-size"
         )
         return
-    pixels = _decode(first, None)
+    pixels = decode_image(first, None)
     height, width = pixels.shape[1:]
     fix = "pass --image-size N to shrink them"
     check_fits(3 * height * width * count, f"{count:,} images of {width}x{height}", fix)
@@ -169,8 +170,9 @@ def _no_images(folder: Path) -> str:
     return f"class folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it"
 
 
-def _decode(path: Path, size: int | None) -> np.ndarray:
-    """One image as uint8 ``[C, H, W]``: one channel for grayscale, three for anything in colour."""
+def decode_image(path: Path | BinaryIO, size: int | None, name: object = None) -> np.ndarray:
+    """One image (a file, or its bytes) as uint8 ``[C, H, W]``: one channel for grayscale, three for
+    anything in colour. ``name`` says where it came from in an error (default: the path)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -185,11 +187,12 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
                 image = image.resize((size, size), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise LifelongError(f"'{path}' is not a readable image ({err}); remove or replace it") from None
+        where = f"'{path}'" if name is None else str(name)
+        raise LifelongError(f"{where} is not a readable image ({err}); remove or replace it") from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _stack(pixels: list[np.ndarray], image_size: int | None) -> np.ndarray:
+def stack_images(pixels: list[np.ndarray], image_size: int | None) -> np.ndarray:
     """One array of every image; grayscale ones become RGB where the stream has colour."""
     channels = max(p.shape[0] for p in pixels)
     sizes = {p.shape[1:] for p in pixels}

@@ -81,12 +81,14 @@ def build_stream(config: RunConfig, progress: Progress | None = None) -> Stream:
         tasks: dict[str, Any] = {"classes_per_task": config.classes_per_task}
         columns: dict[str, Any] = {"label_column": config.label_column, "task_column": config.task_column}
         if config.data.startswith(HF_PREFIX) or is_saved_dataset(path):
-            return load_hf_stream(config.data, text_column=config.text_column, **columns, **tasks, **split)
+            text, size = config.text_column, config.image_size
+            return load_hf_stream(config.data, text_column=text, image_size=size, **columns, **tasks, **split)
         if is_image_folder(path):
             return load_image_folders(path, image_size=config.image_size, progress=progress, **tasks, **split)
         if config.image_size is not None:
             raise LifelongError(
-                f"--image-size resizes the images of a folder of class folders, and '{path}' is none"
+                f"--image-size resizes the images of class folders or of a Hugging Face image dataset, "
+                f"and '{path}' is neither; drop it"
             )
         return load_user_stream(path, **columns, **tasks, **split)
     files = {"data_root": config.data_root, "download": config.download}

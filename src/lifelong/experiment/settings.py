@@ -92,7 +92,9 @@ class RunConfig(CommonSettings):
                 "--data names your files itself, so drop them"
             )
         if self.image_size is not None and not self.data:
-            raise LifelongError("--image-size resizes the images of --data DIR (class folders); drop it")
+            raise LifelongError(
+                "--image-size resizes the images of --data (class folders or a Hugging Face image dataset); drop it"
+            )
         if self.image_size is not None and self.image_size < 1:
             raise LifelongError(
                 f"image size must be at least 1 pixel, got {self.image_size}; try --image-size 32"
