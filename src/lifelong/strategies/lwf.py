@@ -16,11 +16,16 @@ when the task began (only its trainable tensors when adapters train on a frozen 
 examples carry no label and are learned by the KL alone, at the positions their distill mask
 marks; those are apart from the labelled ones, so the mix there is ``LM loss + alpha / (1 - alpha) *
 T^2 * KL``: the seed's ratio, at plain fine-tuning's step size.
+
+The teacher runs once per step by default (``cache=none``: the exact KL). When the same examples
+come back every epoch, ``cache=topk`` runs it once per example per task and keeps, per position, its
+``k`` most likely next tokens and ``samples`` tokens drawn from the rest, up to ``cache_mb`` MB
+(`lifelong.strategies.teacher_cache`: the KL from those, unbiased); the classifier form has no cache.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +33,8 @@ from torch import nn
 
 from lifelong.core.strategy import IGNORE_INDEX, MASKED_LOGIT, Batch, Strategy
 from lifelong.errors import LifelongError
-from lifelong.strategies.teacher import FrozenTeacher, frozen_copy
+from lifelong.strategies.teacher import FrozenTeacher, forward_inputs, frozen_copy
+from lifelong.strategies.teacher_cache import TopKCache, distilled_rows, kept_distillation
 
 if TYPE_CHECKING:
     from lifelong.core.learner import Learner
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
     from lifelong.core.stream import Task
 
 _PREFIX = "teacher."
+Cache = Literal["none", "topk"]
 
 
 class LwF(Strategy):
@@ -44,17 +51,38 @@ class LwF(Strategy):
     name = "lwf"
     supports = frozenset({"classifier", "causal-lm"})
 
-    def __init__(self, alpha: float = 0.5, temperature: float = 2.0) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        temperature: float = 2.0,
+        cache: Cache = "none",
+        k: int = 32,
+        samples: int = 32,
+        cache_mb: int = 1024,
+    ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise LifelongError(f"lwf alpha is a mix weight in [0, 1], got {alpha}; try alpha=0.5")
         if not temperature > 0:
             raise LifelongError(f"lwf temperature must be positive, got {temperature}; try temperature=2")
+        if cache not in ("none", "topk"):
+            raise LifelongError(f"lwf cache is '{cache}'; use one of: none, topk")
+        for name, value, least, usual in (
+            ("k", k, 1, 32),
+            ("samples", samples, 0, 32),
+            ("cache_mb", cache_mb, 1, 1024),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise LifelongError(
+                    f"lwf {name} must be a whole number of at least {least}, got {value!r}; try {usual}"
+                )
         self.alpha, self.temperature = alpha, temperature
+        self.cache, self.k, self.samples, self.cache_mb = cache, k, samples, cache_mb
         self.whole_parameters = alpha > 0  # the teacher is a copy of the weights
         self.teacher: nn.Module | None = None
         self.heads: torch.Tensor | None = None  # bool [H, C]: the logits each distilled softmax covers
         self._pending: dict[str, torch.Tensor] | None = None  # teacher weights loaded, not yet rebuilt
         self.lm_teacher: FrozenTeacher | None = None  # the causal-LM form's, for the task in training
+        self.lm_cache: TopKCache | None = None  # its kept targets per example (cache=topk)
 
     # ---- the loss, usable from any training loop ---------------------------------------------------
 
@@ -97,12 +125,8 @@ class LwF(Strategy):
         """(mean per-token KL at ``temperature``, tokens) of a causal LM's logits ``[B, L, V]``, over the
         next-token positions marked in ``positions`` (bool, aligned as the labels: the token predicted),
         all of them when None: `distillation_loss` with each position as a sample."""
-        new, old = student[:, :-1], teacher[:, :-1]
-        if positions is None or bool(positions[:, 1:].all()):  # e.g. packed blocks: no copy of the logits
-            flat_new, flat_old = new.reshape(-1, new.shape[-1]), old.reshape(-1, old.shape[-1])
-        else:
-            keep = positions[:, 1:]
-            flat_new, flat_old = new[keep], old[keep]
+        keep = cls._keep(positions)
+        flat_new, flat_old = distilled_rows(student, keep), distilled_rows(teacher, keep)
         count = flat_new.shape[0]
         if count == 0:
             return student.sum() * 0.0, 0
@@ -111,6 +135,8 @@ class LwF(Strategy):
     # ---- hooks -------------------------------------------------------------------------------------
 
     def before_task(self, learner: Learner, task: Task) -> None:
+        if self.cache != "none":
+            raise LifelongError("lwf cache=topk is for language models (ContinualTrainer); drop it here")
         self.teacher, self._pending, self.heads = None, None, None
         if task.index == 0 or self.alpha == 0:
             return  # nothing learned yet: the first task trains on the plain task loss
@@ -123,7 +149,7 @@ class LwF(Strategy):
         teacher = self._teacher(learner)
         if teacher is None:
             return 0.0
-        with torch.no_grad():  # the one extra forward LwF costs
+        with torch.inference_mode():  # the one extra forward LwF costs; a copy of its own, so safe
             old = teacher(batch.x)
         # Unmasked: in the task-incremental scenario the old heads are what must be distilled.
         new = learner.logits if learner.logits is not None else outputs
@@ -139,6 +165,9 @@ class LwF(Strategy):
     def lm_before_task(self, trainer: LMTrainer) -> None:
         # Every task, the first included: a given model already knows something worth keeping.
         self.lm_teacher = FrozenTeacher(trainer.model) if self.alpha > 0 else None
+        self.lm_cache = None
+        if self.lm_teacher is not None and self.cache == "topk":
+            self.lm_cache = TopKCache(self.k, self.samples, self.temperature, self.cache_mb * 2**20)
 
     def lm_penalty(self, trainer: LMTrainer, batch: LMBatch, outputs: Any) -> torch.Tensor | float:
         if self.lm_teacher is None:
@@ -151,13 +180,12 @@ class LwF(Strategy):
         rows = None if soft is None else soft[:, 1:].any(dim=1).nonzero().squeeze(1)
         if rows is not None and len(rows) == 0:
             return 0.0
-        teacher = self.lm_teacher.logits(trainer.model, batch.inputs, rows)
         if soft is None or rows is None:
             labels = batch.labels
             student, positions = outputs.logits, None if labels is None else labels != IGNORE_INDEX
         else:
             student, positions = outputs.logits[rows], soft[rows]
-        kd_mean, count = self.token_distillation(student, teacher, positions, self.temperature)
+        kd_mean, count = self._lm_distillation(trainer, batch.inputs, rows, student, positions)
         kd = kd_mean * count * batch.per_token  # back to a sum, then the LM loss's own normalisation
         trainer.note("distill_kl", kd_mean)
         if soft is None:
@@ -170,7 +198,7 @@ class LwF(Strategy):
         return 1 - self.alpha if self.lm_teacher is not None and batch.distill_mask is None else 1.0
 
     def lm_after_task(self, trainer: LMTrainer, data: Any) -> None:
-        self.lm_teacher = None  # frees the copy; the next task snapshots the model as it is then
+        self.lm_teacher, self.lm_cache = None, None  # frees the copy; the next task snapshots anew
 
     def state_dict(self) -> dict[str, Any]:
         weights = self._pending if self.teacher is None else self.teacher.state_dict()
@@ -192,6 +220,35 @@ class LwF(Strategy):
         self.heads = state.get("heads")
 
     # ---- pieces ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _keep(positions: torch.Tensor | None) -> torch.Tensor | None:
+        """The next-token positions to distill, None for all (e.g. packed blocks: no copy of the logits)."""
+        return None if positions is None or bool(positions[:, 1:].all()) else positions[:, 1:]
+
+    def _lm_distillation(
+        self,
+        trainer: LMTrainer,
+        inputs: dict[str, Any],
+        rows: torch.Tensor | None,
+        student: torch.Tensor,
+        positions: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, int]:
+        """(mean per-token KL, tokens) against the teacher, run now or read from the top-k cache."""
+        teacher = self.lm_teacher
+        assert teacher is not None
+
+        def logits() -> torch.Tensor:
+            return teacher.logits(trainer.model, inputs, rows)
+
+        if self.lm_cache is None:
+            return self.token_distillation(student, logits(), positions, self.temperature)
+        keep = self._keep(positions)
+        count = student.shape[0] * (student.shape[1] - 1) if keep is None else int(keep.sum())
+        if count == 0:
+            return student.sum() * 0.0, 0
+        targets = self.lm_cache.targets(forward_inputs(inputs, rows), keep, logits)
+        return kept_distillation(student, keep, targets, self.temperature), count
 
     def _teacher(self, learner: Learner) -> nn.Module | None:
         if self.teacher is None and self._pending is not None:

@@ -27,6 +27,12 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return teacher
 
 
+def forward_inputs(inputs: dict[str, Any], rows: torch.Tensor | None = None) -> dict[str, Any]:
+    """What the teacher's forward is given of a batch (of its ``rows`` only, when given)."""
+    kwargs = {k: inputs[k] for k in _FORWARD_KEYS if k in inputs}
+    return kwargs if rows is None else {k: v[rows] for k, v in kwargs.items()}
+
+
 class FrozenTeacher:
     """A causal LM as it was when a task began, frozen.
 
@@ -47,18 +53,24 @@ class FrozenTeacher:
         else:
             self.copy = frozen_copy(model)
 
-    @torch.no_grad()
     def logits(
         self, model: nn.Module, inputs: dict[str, Any], rows: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The teacher's logits on the batch, or on its ``rows`` only; ``model`` is the student,
-        unwrapped (under DDP a second forward through the wrapper would be counted twice)."""
-        kwargs = {k: inputs[k] for k in _FORWARD_KEYS if k in inputs}
-        if rows is not None:
-            kwargs = {k: v[rows] for k, v in kwargs.items()}
+        unwrapped (under DDP a second forward through the wrapper would be counted twice).
+
+        The logits are constants to the loss (the KL never differentiates through the teacher), so
+        no autograd state is kept for them.
+        """
+        kwargs = forward_inputs(inputs, rows)
         if self.copy is not None:
-            return cast(torch.Tensor, self.copy(**kwargs, use_cache=False).logits)
-        with eval_mode(model):
+            # A model of its own: inference mode (no version counters or view tracking either) is
+            # safe, as nothing it creates, a lazily built buffer included, reaches the student.
+            with torch.inference_mode():
+                return cast(torch.Tensor, self.copy(**kwargs, use_cache=False).logits)
+        # The student's own modules run here: a buffer one of them builds lazily under inference mode
+        # could not be saved for the student's backward later, so plain no_grad.
+        with torch.no_grad(), eval_mode(model):
             out = functional_call(
                 model, self.saved, args=(), kwargs={**kwargs, "use_cache": False}, strict=False
             )
