@@ -4,10 +4,11 @@ Same model (copies of one initial state), same data (the built-in code corpus wi
 replayed, mixed once by token share; with ``--epochs`` E above 1, the first blocks of it, as many
 as make ``--steps`` steps in E epochs), same batch, same optimizer and schedule. Runs alternate
 (plain, ours, ours, plain, ...) so machine drift hits both alike, and the median of the per-round
-ratios is printed. A run's speed is its tokens over its estimated time: per epoch, the median step
-(after a few warm-up steps) times that epoch's steps, so a burst from another process lands on a
-few steps and does not decide the ratio, while a cached epoch and the epoch that fills the cache
-each count for what they are. Steps are timed on process CPU time on a CPU (steadier when other
+ratios is printed. A run's speed is its tokens over its estimated time: per epoch, its fastest step
+(after a few warm-up steps) times that epoch's steps. Other jobs on a shared machine only ever add
+time to a step, and by as much as a third on this one, so the fastest is the closest to the step's
+own cost (as ``timeit`` advises); a cached epoch and the epoch that fills the cache each count for
+what they are. Steps are timed on process CPU time on a CPU (steadier when other
 jobs share the machine; ``--clock wall`` for wall time) and on wall time on a GPU.
 
 Variants against the plain Trainer: no penalty; distillation (LwF, T=2, alpha=0.5) with the teacher
@@ -68,12 +69,12 @@ class StepClock(TrainerCallback):
         self.times.append(self.read())
 
     def epochs(self, steps_per_epoch: int) -> list[float]:
-        """Estimated time of each epoch: its median step times its steps."""
+        """Estimated time of each epoch: its fastest step times its steps."""
         steps = [b - a for a, b in zip(self.times, self.times[1:], strict=False)]  # step i + 1's duration
         seconds = []
         for start in range(0, len(self.times), steps_per_epoch):
             timed = steps[max(start - 1, WARMUP_STEPS) : start + steps_per_epoch - 1]
-            seconds.append(statistics.median(timed) * min(steps_per_epoch, len(self.times) - start))
+            seconds.append(min(timed) * min(steps_per_epoch, len(self.times) - start))
         return seconds
 
 
