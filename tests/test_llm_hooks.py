@@ -12,7 +12,8 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
+from tiny_llama import tiny_llama, training_args
+from transformers import LlamaForCausalLM, TrainerCallback
 
 from lifelong.core.strategy import LMBatch, LMTrainer, Strategy
 from lifelong.errors import LifelongError
@@ -25,17 +26,7 @@ VOCAB = 32
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return tiny_llama(VOCAB, 8, seed)
 
 
 def blocks(n: int = 8, length: int = 10, seed: int = 0) -> torch.Tensor:
@@ -43,22 +34,9 @@ def blocks(n: int = 8, length: int = 10, seed: int = 0) -> torch.Tensor:
 
 
 def trainer_for(model: Any, tmp_path: Path, data: torch.Tensor, **kwargs: Any) -> ContinualTrainer:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 4,
-        "learning_rate": 1e-2,
-        "max_steps": 2,
-        "report_to": "none",
-        "use_cpu": True,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "logging_steps": 1,
-        "seed": 0,
-    }
-    settings.update(kwargs.pop("training", {}))
     return ContinualTrainer(
         model=model,
-        args=TrainingArguments(**settings),
+        args=training_args(tmp_path, **kwargs.pop("training", {})),
         train_dataset=blocks_dataset(data),
         data_collator=CausalCollator(),
         **kwargs,

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from tiny_llama import tiny_llama, training_args
+from transformers import LlamaForCausalLM, Trainer, TrainerCallback
 
 from lifelong.errors import LifelongError
 from lifelong.llm.batches import PaddingCollator, examples_dataset
@@ -32,42 +33,15 @@ VOCAB = 64
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return tiny_llama(VOCAB, 16, seed)
 
 
 def blocks(n: int = 16, length: int = 12, seed: int = 0, high: int = VOCAB) -> torch.Tensor:
     return torch.randint(0, high, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
-def args(tmp_path: Path, **overrides: Any) -> TrainingArguments:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 4,
-        "learning_rate": 1e-2,
-        "max_steps": 2,
-        "report_to": "none",
-        "use_cpu": True,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "logging_steps": 1,
-        "seed": 0,
-    }
-    settings.update(overrides)
-    return TrainingArguments(**settings)
-
-
 def trainer_for(model: Any, tmp_path: Path, data: torch.Tensor, **kwargs: Any) -> ContinualTrainer:
-    training = kwargs.pop("training_args", None) or args(tmp_path)
+    training = kwargs.pop("training_args", None) or training_args(tmp_path)
     return ContinualTrainer(
         model=model,
         args=training,
@@ -86,7 +60,10 @@ def test_without_penalties_the_loss_is_the_plain_trainers(tmp_path: Path) -> Non
     model = tiny_model()
     ours = trainer_for(model, tmp_path, data).compute_loss(model, dict(batch))
     plain = Trainer(
-        model=model, args=args(tmp_path), train_dataset=blocks_dataset(data), data_collator=CausalCollator()
+        model=model,
+        args=training_args(tmp_path),
+        train_dataset=blocks_dataset(data),
+        data_collator=CausalCollator(),
     ).compute_loss(model, dict(batch))
     assert torch.equal(torch.as_tensor(ours), torch.as_tensor(plain))
 
@@ -176,7 +153,7 @@ def test_the_distill_mask_column_survives_the_trainers_column_filter(tmp_path: P
     ]
     trainer = ContinualTrainer(
         model=tiny_model(),
-        args=args(tmp_path),
+        args=training_args(tmp_path),
         train_dataset=examples_dataset(examples),
         data_collator=PaddingCollator(0),
         strategies=[LwF()],
@@ -212,7 +189,7 @@ def test_penalties_do_not_depend_on_how_the_batch_is_accumulated(tmp_path: Path)
         with torch.no_grad():  # move away from the anchor so the EWC pull is not zero
             for p in model.parameters():
                 p.add_(0.01)
-        training = args(
+        training = training_args(
             tmp_path,
             per_device_train_batch_size=batch,
             gradient_accumulation_steps=accumulate,
@@ -362,7 +339,11 @@ def test_forgetting_callback_logs_through_the_trainer_and_stops_early(tmp_path: 
 
     text = torch.arange(VOCAB // 2).repeat(40)[: 16 * 12].view(16, 12)  # a very learnable pattern
     trainer = trainer_for(
-        tiny_model(), tmp_path, text, callbacks=[callback, Spy()], training_args=args(tmp_path, max_steps=40)
+        tiny_model(),
+        tmp_path,
+        text,
+        callbacks=[callback, Spy()],
+        training_args=training_args(tmp_path, max_steps=40),
     )
     output = trainer.train()
     assert callback.stopped is not None and callback.stopped.domain == "old"
@@ -375,7 +356,7 @@ def test_forgetting_callback_logs_through_the_trainer_and_stops_early(tmp_path: 
 def test_forgetting_callback_needs_a_trainer_to_log_through(tmp_path: Path) -> None:
     plain = Trainer(
         model=tiny_model(),
-        args=args(tmp_path, max_steps=1),
+        args=training_args(tmp_path, max_steps=1),
         train_dataset=blocks_dataset(blocks()),
         data_collator=CausalCollator(),
         callbacks=[ForgettingCallback({"old": blocks(2)})],
@@ -409,7 +390,7 @@ def test_trainer_uses_the_lambda_schedule(tmp_path: Path) -> None:
         tmp_path,
         blocks(),
         lr_schedule="infinite",
-        training_args=args(tmp_path, max_steps=10, warmup_steps=0.2, learning_rate=1.0),
+        training_args=training_args(tmp_path, max_steps=10, warmup_steps=0.2, learning_rate=1.0),
     )
     trainer.train()
     assert isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.LambdaLR)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
+from tiny_llama import tiny_llama, training_args
+from transformers import LlamaForCausalLM, TrainerCallback
 
 from lifelong.errors import LifelongError
 from lifelong.llm.data import CausalCollator, blocks_dataset
@@ -27,17 +28,7 @@ VOCAB = 64
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return tiny_llama(VOCAB, 16, seed)
 
 
 def tokens(n: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -47,21 +38,9 @@ def tokens(n: int, length: int, seed: int = 0) -> torch.Tensor:
 def trainer_for(
     model: Any, tmp_path: Path, data: torch.Tensor, lwf: LwF, **overrides: Any
 ) -> ContinualTrainer:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 4,
-        "learning_rate": 1e-2,
-        "max_steps": 2,
-        "report_to": "none",
-        "use_cpu": True,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "seed": 0,
-        **overrides,
-    }
     return ContinualTrainer(
         model=model,
-        args=TrainingArguments(**settings),
+        args=training_args(tmp_path, **overrides),
         train_dataset=blocks_dataset(data),
         data_collator=CausalCollator(),
         strategies=[lwf],
