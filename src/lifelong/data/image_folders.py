@@ -9,6 +9,7 @@ statistics, the only data a learner has seen before it starts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -53,9 +54,7 @@ def load_image_folders(
     if image_size is not None and image_size < 1:
         raise LifelongError(f"image size must be at least 1 pixel, got {image_size}")
     layout = _layout(root, classes_per_task)
-    class_names = sorted(
-        {name for classes in layout.values() for name in classes}, key=lambda n: (natural_key(Path(n)), n)
-    )
+    class_names = class_order(name for classes in layout.values() for name in classes)
     index = {name: i for i, name in enumerate(class_names)}
     files = [
         (path, index[name], t)
@@ -93,6 +92,12 @@ def load_image_folders(
         augmentable=True,
         details={"tasks": {task.name: [class_names[c] for c in task.classes] for task in tasks}},
     )
+
+
+def class_order(names: Iterable[str]) -> list[str]:
+    """Natural order (``class2`` before ``class10``), ties such as ``Cat``/``cat`` broken by the name
+    itself: one order whatever order the names come in (a set's follows the hash seed)."""
+    return sorted(set(names), key=lambda name: (natural_key(Path(name)), name))
 
 
 def channel_stats(pixels: torch.Tensor, chunk_pixels: int = 2**22) -> tuple[list[float], list[float]]:
