@@ -71,6 +71,7 @@ def test_a_built_document_round_trips(tmp_path: Path) -> None:
         "benchmark", "scenario", "tasks", "higher_is_better", "score_name", "config", "versions",
         "wall_seconds", "results",
     ]  # fmt: skip
+    # The 3.14159 given above, rounded to milliseconds by the schema: a stored value, not a timing.
     assert built["wall_seconds"] == 3.142 and built["versions"]["python"]
     assert write_results(tmp_path, built) == tmp_path / "results.json"
     assert read_results(tmp_path) == built

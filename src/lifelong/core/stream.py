@@ -91,6 +91,23 @@ class Stream:
         return mask
 
 
+def check_split_options(
+    scenario: str | None,
+    classes_per_task: int | None,
+    task_column: str | None = None,
+    label_column: str | None = None,
+) -> None:
+    """The options every loader of the user's data takes for cutting it into tasks, checked alike."""
+    if scenario is not None and scenario not in SCENARIOS:
+        raise LifelongError(f"unknown scenario '{scenario}'; use one of: {', '.join(SCENARIOS)}")
+    if classes_per_task is not None and classes_per_task < 1:
+        raise LifelongError(f"classes_per_task must be at least 1, got {classes_per_task}")
+    if task_column is not None and task_column == label_column:
+        raise LifelongError(
+            f"the task column and the label column are both '{label_column}'; give two columns"
+        )
+
+
 def infer_scenario(tasks: Sequence[Task], scenario: Scenario | None, where: object) -> Scenario:
     """The scenario a user's stream asked for, or the one its labels imply: domain-incremental when
     every task has the same classes, class-incremental otherwise."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, infer_scenario, split_train_test
+from lifelong.core.stream import Scenario, Stream, Task, check_split_options, infer_scenario, split_train_test
 from lifelong.data.folders import data_files, not_a_file
 from lifelong.errors import LifelongError
 
@@ -44,14 +44,7 @@ def load_user_stream(
     root = Path(path)
     if not root.exists():
         raise LifelongError(f"data path '{root}' does not exist; check the path")
-    if scenario is not None and scenario not in SCENARIOS:
-        raise LifelongError(f"unknown scenario '{scenario}'; use one of: {', '.join(SCENARIOS)}")
-    if classes_per_task is not None and classes_per_task < 1:
-        raise LifelongError(f"classes_per_task must be at least 1, got {classes_per_task}")
-    if task_column is not None and task_column == label_column:
-        raise LifelongError(
-            f"the task column and the label column are both '{label_column}'; give two columns"
-        )
+    check_split_options(scenario, classes_per_task, task_column, label_column)
 
     parts, name = _task_tables(root, label_column, task_column, classes_per_task)
     feature_columns = _feature_columns(parts, label_column, task_column)

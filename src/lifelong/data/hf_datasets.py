@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, infer_scenario, split_train_test
+from lifelong.core.stream import Scenario, Stream, Task, check_split_options, infer_scenario, split_train_test
 from lifelong.data import files
 from lifelong.data.image_folders import channel_stats, decode_image, stack_images
 from lifelong.data.text import encode, resolve_tokenizer
@@ -59,12 +59,7 @@ def load_hf_stream(
 
     A dataset in the local cache is used as it is; the hub is asked only for one that is not there.
     """
-    if scenario is not None and scenario not in SCENARIOS:
-        raise LifelongError(f"unknown scenario '{scenario}'; use one of: {', '.join(SCENARIOS)}")
-    if classes_per_task is not None and classes_per_task < 1:
-        raise LifelongError(f"classes_per_task must be at least 1, got {classes_per_task}")
-    if task_column is not None and task_column == label_column:
-        raise LifelongError(f"the task column and the label column are both '{label_column}'; give two")
+    check_split_options(scenario, classes_per_task, task_column, label_column)
     if (task_column is None) == (classes_per_task is None):
         raise LifelongError(f"give one of --task-column or --classes-per-task to split '{source}' into tasks")
     splits, name = _load(source)
@@ -270,7 +265,7 @@ def _decode_images(column: pd.Series, name: str, size: int | None, source: str) 
         if not data:
             raise LifelongError(f"{where} holds no image; fill it or drop the row")
         pixels.append(decode_image(io.BytesIO(data) if isinstance(data, bytes) else Path(data), size, where))
-    return torch.from_numpy(stack_images(pixels, size))
+    return torch.from_numpy(stack_images(pixels))
 
 
 def _encode(texts: pd.Series, column: str, max_length: int, tokenizer: str, source: str) -> torch.Tensor:

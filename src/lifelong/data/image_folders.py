@@ -18,7 +18,7 @@ import torch
 from rich.progress import Progress
 
 from lifelong.core.memory import check_fits
-from lifelong.core.stream import SCENARIOS, Scenario, Stream, Task, infer_scenario, split_train_test
+from lifelong.core.stream import Scenario, Stream, Task, check_split_options, infer_scenario, split_train_test
 from lifelong.data.folders import data_files, natural_key
 from lifelong.errors import LifelongError
 
@@ -49,8 +49,7 @@ def load_image_folders(
 ) -> Stream:
     """The stream in ``root``; class folders with the same name in two tasks are the same class.
     ``progress`` shows the decoding (one bar, gone when done)."""
-    if scenario is not None and scenario not in SCENARIOS:
-        raise LifelongError(f"unknown scenario '{scenario}'; use one of: {', '.join(SCENARIOS)}")
+    check_split_options(scenario, classes_per_task)
     if image_size is not None and image_size < 1:
         raise LifelongError(f"image size must be at least 1 pixel, got {image_size}")
     layout = _layout(root, classes_per_task)
@@ -72,7 +71,7 @@ def load_image_folders(
     if progress is not None and bar is not None:
         progress.remove_task(bar)
     labels, task_of = [label for _, label, _ in files], [t for _, _, t in files]
-    x = stack_images(pixels, image_size)
+    x = stack_images(pixels)
     y, owner = np.asarray(labels, dtype=np.int64), np.asarray(task_of)
     tasks = []
     for t, (task_name, classes) in enumerate(layout.items()):
@@ -134,8 +133,6 @@ def _layout(root: Path, classes_per_task: int | None) -> dict[str, dict[str, Pat
                 f"'{root}' holds class folders; cut them into tasks with --classes-per-task N, "
                 "or put them in one folder per task"
             )
-        if classes_per_task < 1:
-            raise LifelongError(f"classes per task must be at least 1, got {classes_per_task}")
         groups = [folders[i : i + classes_per_task] for i in range(0, len(folders), classes_per_task)]
         return {
             f"task{i}:" + ",".join(f.name for f in group): {f.name: f for f in group}
@@ -197,7 +194,7 @@ def decode_image(path: Path | BinaryIO, size: int | None, name: object = None) -
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def stack_images(pixels: list[np.ndarray], image_size: int | None) -> np.ndarray:
+def stack_images(pixels: list[np.ndarray]) -> np.ndarray:
     """One array of every image; grayscale ones become RGB where the stream has colour."""
     channels = max(p.shape[0] for p in pixels)
     sizes = {p.shape[1:] for p in pixels}

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
 from lifelong.core.memory import check_fits
-from lifelong.core.stream import PERMUTED_TASKS_MAX, Scenario, Stream, Task
+from lifelong.core.stream import PERMUTED_TASKS_MAX, Scenario, Stream, Task, tensor_dataset
 from lifelong.data.image_files import read_dataset
 from lifelong.errors import LifelongError
 
@@ -101,8 +100,8 @@ def _split(
         stream_tasks.append(
             Task(
                 task_name,
-                _dataset(x_train[train], y_train[train]),
-                _dataset(x_test[test], y_test[test]),
+                tensor_dataset(x_train[train], y_train[train]),
+                tensor_dataset(x_test[test], y_test[test]),
                 group,
             )
         )
@@ -118,10 +117,6 @@ def _split(
         augmentable=kind != "mnist",  # a mirrored digit is no digit; garments and photos stay what they are
         details={"class_order": [int(c) for c in ranked], "tasks": groups},
     )
-
-
-def _dataset(x: torch.Tensor, y: torch.Tensor) -> TensorDataset:
-    return TensorDataset(x, y)
 
 
 def _split_stream(
@@ -198,8 +193,8 @@ def _changed_inputs(
     stream_tasks = [
         Task(
             f"{prefix}{i}",
-            _dataset(change(x_train, i), y_train),
-            _dataset(change(x_test, i), y_test),
+            tensor_dataset(change(x_train, i), y_train),
+            tensor_dataset(change(x_test, i), y_test),
             list(range(10)),
         )
         for i in range(tasks)

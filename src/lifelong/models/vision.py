@@ -18,6 +18,8 @@ class ImageInput(nn.Module):
     in memory and in replay buffers than as floats, and every model reads them alike."""
 
     reads_pixels = True  # what the Learner looks for before it feeds an image stream to a model
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -32,9 +34,7 @@ class ImageInput(nn.Module):
         x = x.contiguous()
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        mean, std = self.mean, self.std
-        assert isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
-        return (x - mean) / std
+        return (x - self.mean) / self.std
 
 
 def _image_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
