@@ -101,7 +101,8 @@ class EWC(Anchored):
     class); ``sampled`` draws one label from it with the run's RNG. ``mode``: ``classic`` keeps one
     penalty per task, ``online`` one running Fisher decayed by ``gamma``. ``samples`` caps the data
     the Fisher sees (a random subset); ``chunk_size`` rows go through one pass, bounding memory to
-    that many per-sample gradients (of one layer at a time, where layer hooks measure it).
+    that pass's activations and that many per-sample gradients (layer hooks form those of one layer
+    and a few rows at a time: `strategies.sumsq.SAMPLE_ELEMENTS`).
     """
 
     name = "ewc"
@@ -115,7 +116,7 @@ class EWC(Anchored):
         fisher: FisherKind = "empirical",
         mode: Mode = "classic",
         gamma: float = 1.0,
-        chunk_size: int = 128,
+        chunk_size: int = 256,
         samples: int | None = None,
         trainable_only: bool = True,
     ) -> None:
@@ -128,7 +129,7 @@ class EWC(Anchored):
         if not 0 < gamma <= 1:
             raise LifelongError(f"ewc gamma must be in (0, 1], got {gamma}; try gamma=1")
         if chunk_size < 1 or (samples is not None and samples < 1):
-            raise LifelongError("ewc chunk_size and samples must be positive; try chunk_size=128")
+            raise LifelongError("ewc chunk_size and samples must be positive; try chunk_size=256")
         super().__init__(model)
         self.lambda_ewc, self.fisher, self.mode, self.gamma = lambda_ewc, fisher, mode, gamma
         self.chunk_size, self.samples, self.trainable_only = chunk_size, samples, trainable_only

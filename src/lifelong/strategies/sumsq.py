@@ -34,24 +34,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 Tensors = dict[str, torch.Tensor]
 
 
 @dataclass
 class _Seen:
-    """One layer's call in the recorded forward: its input, its output, and their versions then (an
-    in-place change after the call would make the output's gradient that of another tensor)."""
+    """One layer's call in the recorded forward: its input and that input's version then (an in-place
+    change after the call would make it another input than the layer saw), and where its output enters
+    the autograd graph. The edge, not the output: the gradient there is the output's own even if it is
+    changed in place later, and holding it does not keep the output alive (a network's activations
+    are most of this pass's memory)."""
 
     inputs: torch.Tensor
-    output: torch.Tensor
-    versions: tuple[int, int]
+    version: int
+    edge: GradientEdge | None  # None: no tensor output in the graph, left to the caller
+    rows: int  # the output's first dimension
+    first: torch.Tensor | None  # the output's first row, kept for a module that may be replayed
     alone: bool  # called with one positional tensor and nothing else: a call that can be replayed
     calls: int = 1
 
     @property
     def unchanged(self) -> bool:
-        return (self.inputs._version, self.output._version) == self.versions
+        return self.inputs._version == self.version
 
 
 def _fits(module: nn.Module) -> bool:
@@ -83,20 +89,22 @@ def covered_layers(model: nn.Module, names: Sequence[str]) -> dict[nn.Module, di
 
 
 @contextmanager
-def _recording(layers: Sequence[nn.Module]) -> Iterator[dict[nn.Module, _Seen]]:
+def _recording(layers: Sequence[nn.Module], replayed: set[nn.Module]) -> Iterator[dict[nn.Module, _Seen]]:
     seen: dict[nn.Module, _Seen] = {}
 
     def hook(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object], output: object) -> None:
         if module in seen:
             seen[module].calls += 1
             return
-        if not isinstance(output, torch.Tensor):
-            output = torch.empty(0)  # fails `_batched`: left to the caller
         # detach() shares the version counter, so later in-place changes still show. An input given
         # by keyword is not seen: the empty stand-in fails `_batched`, leaving the layer to vmap.
         inputs = args[0].detach() if args and isinstance(args[0], torch.Tensor) else torch.empty(0)
         alone = len(args) == 1 and not kwargs
-        seen[module] = _Seen(inputs, output, (inputs._version, output._version), alone)
+        graphed = isinstance(output, torch.Tensor) and output.requires_grad and output.dim() > 0
+        edge = get_gradient_edge(output) if graphed else None  # type: ignore[arg-type]
+        rows = len(output) if graphed else -1  # type: ignore[arg-type]
+        first = output[:1].detach().clone() if graphed and module in replayed else None  # type: ignore[index]
+        seen[module] = _Seen(inputs, inputs._version, edge, rows, first, alone)
 
     handles = [layer.register_forward_hook(hook, with_kwargs=True) for layer in layers]
     try:
@@ -123,7 +131,7 @@ def _tracked(params: Sequence[nn.Parameter]) -> Iterator[None]:
 def _batched(layer: nn.Module, seen: _Seen, n: int) -> bool:
     """Whether the layer saw the batch of ``n`` rows in its first dimension (a convolution may also
     be given a lone unbatched sample)."""
-    if seen.inputs.dim() < 2 or len(seen.inputs) != n or len(seen.output) != n:
+    if seen.edge is None or seen.inputs.dim() < 2 or len(seen.inputs) != n or seen.rows != n:
         return False
     return not isinstance(layer, (nn.Conv1d, nn.Conv2d)) or seen.inputs.dim() == layer.weight.dim()
 
@@ -148,13 +156,12 @@ def _uses(root: torch.Tensor) -> Counter[int]:
     return uses
 
 
-def _patches(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """[N, positions, k*C]: the input patch each output position multiplies by the weight, its features
-    in (kernel offset, channel) order, the order whose copy out of the strided windows reads the input
-    in runs (`_weight_sum`'s caller puts the sums back in the weight's (channel, offset) order).
-
-    Strided windows (`Tensor.unfold`) and one copy: ``F.unfold`` (im2col) loops over the batch on a
-    CPU, which cost more than the rest of this module together on a small CNN.
+def _windows(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """[N, *kernel, C, *out]: the input patch each output position multiplies by the weight, as a
+    strided view (`Tensor.unfold`), its features in (kernel offset, channel) order: the order whose
+    copy reads the input in runs (`_layer_sums` puts the sums back in the weight's order). ``F.unfold``
+    (im2col) loops over the batch on a CPU, which cost more than the rest of this module together on a
+    small CNN.
     """
     assert not isinstance(conv.padding, str)  # `_fits` lets numeric padding through only
     spatial = x.dim() - 2
@@ -167,21 +174,25 @@ def _patches(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         x = x.unfold(2 + dim, dilation * (k - 1) + 1, stride)
         if dilation > 1:
             x = x[..., ::dilation]
-    # [N, C, *out, *kernel] -> [N, *kernel, C, *out] -> [N, k*C, positions] -> its transpose. One copy,
-    # made even where a view would do (one channel): bmm copies overlapping windows sample by sample.
-    order = [0, *range(2 + spatial, 2 + 2 * spatial), 1, *range(2, 2 + spatial)]
-    return x.permute(order).reshape(len(x), conv.weight[0].numel(), -1).contiguous().transpose(1, 2)
+    return x.permute(0, *range(2 + spatial, 2 + 2 * spatial), 1, *range(2, 2 + spatial))
 
 
 def _weight_sum(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``sum_i w_i (G_iᵀ X_i)^2`` for x [N, P, F], g [N, P, O]: [O, F], contiguous."""
+    """``sum_i w_i (X_iᵀ G_i)^2`` for x [N, P, F], g [N, P, O]: [F, O], a new tensor."""
     if x.shape[1] == 1:  # an outer product per sample: its square is the outer product of squares
-        return (g[:, 0].square() * w[:, None]).t() @ x[:, 0].square()
-    # This layer's gradients of this chunk only, transposed: [N, F, O] multiplies fastest on a CPU
+        return x[:, 0].square().t() @ (g[:, 0].square() * w[:, None])
+    # This layer's gradients of these samples only, transposed: [N, F, O] multiplies fastest on a CPU
     # (MKL's batched gemm) for the layouts `_layer_sums` hands over.
     per_sample = torch.bmm(x.transpose(1, 2), g)
     # As a matrix-vector product into the total: one read of them and no temporary.
-    return (per_sample.square_().flatten(1).t() @ w).view(x.shape[2], g.shape[2]).t().contiguous()
+    return (per_sample.square_().flatten(1).t() @ w).view(x.shape[2], g.shape[2])
+
+
+# Elements of per-sample gradients and convolution patches one layer forms at once (1 MiB of float32).
+# A small CNN's per-sample gradients outweigh its activations several times: bounded apart from the
+# pass, they let a pass take more samples (fewer calls, each dearer than its arithmetic on a CPU) in
+# no more memory.
+SAMPLE_ELEMENTS = 1 << 18
 
 
 def _layer_sums(
@@ -190,20 +201,32 @@ def _layer_sums(
     """The sums for one layer's wanted parameters, from its input and output gradient as recorded."""
     n, x = len(g), x.to(g.dtype)
     sums = {}
-    if isinstance(layer, nn.Linear):  # [N, positions, features]: a matmul at each position
-        x, g = x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, g.shape[-1])
-        if "bias" in own:
-            sums[own["bias"]] = g.sum(1).square().t() @ w
-    else:
-        assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
+    conv = layer if isinstance(layer, (nn.Conv1d, nn.Conv2d)) else None
+    if conv is not None:
         g = g.reshape(n, g.shape[1], -1)
         if "bias" in own:  # summed over positions before the transpose: a contiguous reduction
             sums[own["bias"]] = g.sum(2).square().t() @ w
-        x, g = _patches(layer, x), g.transpose(1, 2)
+        x, g = _windows(conv, x), g.transpose(1, 2)
+    else:  # [N, positions, features]: a matmul at each position
+        x, g = x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, g.shape[-1])
+        if "bias" in own:
+            sums[own["bias"]] = g.sum(1).square().t() @ w
     if "weight" in own:
-        total = _weight_sum(x, g, w)
-        if not isinstance(layer, nn.Linear):  # [O, *kernel, C] -> [O, C, *kernel]
-            total = total.view(len(total), *layer.kernel_size, -1).movedim(-1, 1).contiguous()
+        features, positions = x.shape[-1] if conv is None else conv.weight[0].numel(), g.shape[1]
+        rows = n if positions == 1 else max(1, SAMPLE_ELEMENTS // ((positions + g.shape[2]) * features))
+        total: torch.Tensor | None = None
+        for start in range(0, n, rows):
+            xs = x[start : start + rows]
+            if conv is not None:
+                # [n, P, k*C] patches: one copy, made even where a view would do (one channel), as
+                # bmm would copy overlapping windows sample by sample
+                xs = xs.reshape(len(xs), features, -1).contiguous().transpose(1, 2)
+            part = _weight_sum(xs, g[start : start + rows], w[start : start + rows])
+            total = part if total is None else total.add_(part)
+        assert total is not None
+        total = total.t().contiguous()
+        if conv is not None:  # [O, *kernel, C] -> [O, C, *kernel]
+            total = total.view(len(total), *conv.kernel_size, -1).movedim(-1, 1).contiguous()
         sums[own["weight"]] = total
     return sums
 
@@ -234,6 +257,7 @@ class SquaredGradients:
         self.replayed = _holders(model, [n for n in names if n not in covered]) if replay else {}
         recorded = [*self.layers, *(m for held in self.replayed.values() for m in held)]
         self._recorded = list(dict.fromkeys(recorded))
+        self._replayed = {m for held in self.replayed.values() for m in held}
         self._params = [self.params[n] for n in [*covered, *self.replayed]]
 
     def __call__(
@@ -243,10 +267,10 @@ class SquaredGradients:
         backward pass of their sum; the sums for the parameters measured, and the names of the rest.
 
         Which layers are measured is decided per call, from what the forward did: a layer called more
-        than once, changed in place after its call, or whose parameters the graph reaches another way
-        is left to the caller.
+        than once, whose input is changed in place after its call, or whose parameters the graph
+        reaches another way is left to the caller.
         """
-        with _recording(self._recorded) as seen, _tracked(self._params), torch.enable_grad():
+        with _recording(self._recorded, self._replayed) as seen, _tracked(self._params), torch.enable_grad():
             per_sample = losses()
         total = per_sample.sum()
         uses = _uses(total)
@@ -271,15 +295,15 @@ class SquaredGradients:
         if not modules:
             return {}, list(self.names)
         w = torch.ones(n, device=per_sample.device) if weight is None else weight
-        outputs = [seen[m].output for m in modules]
-        grads: list[torch.Tensor | None] = list(torch.autograd.grad(total, outputs, allow_unused=True))
+        edges = [edge for m in modules if (edge := seen[m].edge) is not None]  # all: `_batched` saw to it
+        grads: list[torch.Tensor | None] = list(torch.autograd.grad(total, edges, allow_unused=True))
         calls = {m: (seen[m].inputs, g) for m, g in zip(modules, grads, strict=True)}
-        layers = [(layer, s.inputs) for layer, s in fit]
-        del per_sample, total, seen, fit, outputs, grads  # the graph: only inputs and gradients are needed
+        layers = [layer for layer, _ in fit]
+        del per_sample, total, seen, fit, edges, grads  # the graph: only inputs and gradients are needed
         sums: Tensors = {}
         replayed = {m for held in replay.values() for m in held}
-        for layer, x in layers:
-            g = calls[layer][1] if layer in replayed else calls.pop(layer)[1]  # freed once used
+        for layer in layers:
+            x, g = calls[layer] if layer in replayed else calls.pop(layer)  # freed once used
             if g is not None:  # None: the parameters reach the loss some other way; left to the caller
                 sums |= _layer_sums(layer, self.layers[layer], x, g, w.to(g.device, g.dtype))
         for name, held in replay.items():
@@ -302,7 +326,7 @@ def _replayable(module: nn.Module, seen: _Seen | None, n: int) -> bool:
         return False
     with torch.no_grad():
         again = module(seen.inputs[:1])
-    return isinstance(again, torch.Tensor) and torch.allclose(again, seen.output[:1].detach())
+    return isinstance(again, torch.Tensor) and seen.first is not None and torch.allclose(again, seen.first)
 
 
 # Elements of per-sample gradients one vmapped replay holds at once (16 MB in float32): a norm's
