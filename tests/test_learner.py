@@ -177,3 +177,35 @@ def test_the_loop_calls_only_the_hooks_a_strategy_defines_by_class_or_on_the_obj
     assert overriders(strategies, "penalty") == [penalised]
     assert overriders(strategies, "after_backward") == [patched]
     assert overriders(strategies, "train_batch") == []
+
+
+class PerTaskBias(nn.Module):
+    """A multi-head stand-in: adds a learned bias per task id, and keeps the ids each call was given."""
+
+    def __init__(self, stream: Stream) -> None:
+        super().__init__()
+        self.body = build_model("mlp:hidden=16", stream.input_shape, stream.num_classes)
+        self.bias = nn.Parameter(torch.zeros(len(stream), stream.num_classes))
+        self.seen: set[int] = set()
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        self.seen.update(task_ids.tolist())
+        return self.body(x) + self.bias[task_ids]
+
+
+class OnTheClass(PerTaskBias):
+    takes_task_ids = True
+
+
+@pytest.mark.parametrize("where", ["class", "instance"])
+def test_a_model_that_takes_task_ids_gets_each_samples_own_in_training_and_evaluation(where: str) -> None:
+    stream = tiny_stream()
+    model = OnTheClass(stream) if where == "class" else PerTaskBias(stream)
+    if where == "instance":
+        model.takes_task_ids = True
+    learner = Learner(model, build_strategies("naive"), epochs=1, seed=0)
+    learner.fit(stream)
+    assert model.seen == {0, 1, 2}  # every task's id reached the forward
+    model.seen.clear()
+    learner.evaluate_all()
+    assert model.seen == {0, 1, 2}

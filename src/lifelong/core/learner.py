@@ -60,6 +60,14 @@ class FitResult:
             raise TypeError("the task names must be a list of strings")
 
 
+def takes_task_ids(model: nn.Module) -> bool:
+    """Whether ``model``'s forward takes each sample's task id (``takes_task_ids = True`` on its class
+    or on it). Read without `nn.Module.__getattr__`, whose miss raises and catches an exception: on a
+    small model that cost as much as a layer, on every evaluation batch."""
+    value = model.__dict__.get("takes_task_ids", getattr(type(model), "takes_task_ids", False))
+    return value if isinstance(value, bool) else bool(getattr(model, "takes_task_ids", False))
+
+
 def _is_score(value: object) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
@@ -199,7 +207,7 @@ class Learner:
         mixers, penalties, editors = (
             overriders(self.strategies, hook) for hook in ("train_batch", "penalty", "after_backward")
         )
-        takes_ids = getattr(self.model, "takes_task_ids", False)
+        takes_ids = takes_task_ids(self.model)
         batch_bar = self._bar("batches", self._num_batches(self.train_data))
         losses = []
         for batch in self.batches(self.train_data):
@@ -251,7 +259,7 @@ class Learner:
         A model with ``takes_task_ids = True`` (a multi-head network, per-task adapters) is also
         given each sample's task id."""
         module = module or self.model
-        if getattr(self.model, "takes_task_ids", False):
+        if takes_task_ids(self.model):
             logits: torch.Tensor = module(x, task_ids)
         else:
             logits = module(x)
@@ -340,12 +348,13 @@ class Learner:
     def _count_correct(self, task: Task) -> tuple[int, int]:
         """(correct, total) predictions on this process's share of the task's test set."""
         correct = total = 0
-        for batch in self.batches(
-            with_task_ids(task.test, task.index), shuffle=False, batch_size=self.eval_batch_size
-        ):
-            if not isinstance(task.test, TensorDataset):
+        # Task ids only where something reads them: the scoring of a small model is mostly calls.
+        ids = self._class_mask is not None or takes_task_ids(self.model)
+        data = with_task_ids(task.test, task.index) if ids else task.test
+        for batch in self.batches(data, shuffle=False, batch_size=self.eval_batch_size):
+            if ids and not isinstance(task.test, TensorDataset):
                 batch.task_ids.fill_(task.index)
-            predictions = self.forward(batch.x, batch.task_ids).argmax(dim=1)
+            predictions = self.forward(batch.x, batch.task_ids if ids else None).argmax(dim=1)
             correct += int((predictions == batch.y).sum())
             total += len(batch)
         return correct, total

@@ -96,20 +96,22 @@ def bind(
 
     An unknown option or a value of the wrong kind raises one `LifelongError` naming the allowed options.
     """
+    if not spec.options:  # the common case, and a signature costs more than a small model's build
+        return factory(**fixed)
     aliases = dict(aliases or {})
     params = inspect.signature(factory).parameters
     try:
         hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
     except Exception:
         hints = {}
-    allowed = describe_options(factory, skip=skip + tuple(fixed), aliases=aliases)
-    allowed_names = ", ".join(name for name, _ in allowed) or "(none)"
     kwargs: dict[str, Any] = {}
     for key, raw in spec.options.items():
         target = aliases.get(key, key)
         if target not in params or target in skip or target in fixed or target == "self":
+            allowed = describe_options(factory, skip=skip + tuple(fixed), aliases=aliases)
             raise LifelongError(
-                f"{what} '{spec.name}' has no option '{key}'; its options are: {allowed_names}"
+                f"{what} '{spec.name}' has no option '{key}'; its options are: "
+                f"{', '.join(name for name, _ in allowed) or '(none)'}"
             )
         kwargs[target] = _cast(
             raw, params[target].default, hints.get(target), f"{what} '{spec.name}' option '{key}'"

@@ -80,6 +80,8 @@ class LwF(Strategy):
         self.whole_parameters = alpha > 0  # the teacher is a copy of the weights
         self.teacher: nn.Module | None = None
         self.heads: torch.Tensor | None = None  # bool [H, C]: the logits each distilled softmax covers
+        self._columns_of: torch.Tensor | None = None  # the one-row `heads` that `_column_index` lists
+        self._column_index = torch.empty(0, dtype=torch.long)
         self._pending: dict[str, torch.Tensor] | None = None  # teacher weights loaded, not yet rebuilt
         self.lm_teacher: FrozenTeacher | None = None  # the causal-LM form's, for the task in training
         self.lm_cache: TopKCache | None = None  # its kept targets per example (cache=topk)
@@ -153,7 +155,11 @@ class LwF(Strategy):
             old = teacher(batch.x)
         # Unmasked: in the task-incremental scenario the old heads are what must be distilled.
         new = learner.logits if learner.logits is not None else outputs
-        kd = self.distillation_loss(new, old, self.heads, self.temperature)
+        heads = self.heads
+        if heads is not None and len(heads) == 1:  # one softmax: its columns, not two masked copies
+            columns = self._columns(heads)
+            new, old, heads = new.index_select(1, columns), old.index_select(1, columns), None
+        kd = self.distillation_loss(new, old, heads, self.temperature)
         # alpha*T^2*KL - alpha*task_loss: added to the Learner's task loss this is the seed's mix.
         task_loss = learner.task_loss  # the Learner's own, not computed twice
         if task_loss is None:  # called outside the Learner's loop
@@ -258,6 +264,12 @@ class LwF(Strategy):
         if self.heads is not None and self.heads.device != learner.device:
             self.heads = self.heads.to(learner.device)
         return self.teacher
+
+    def _columns(self, heads: torch.Tensor) -> torch.Tensor:
+        """The logits one distilled softmax covers, found once per mask (a device sync on a GPU)."""
+        if self._columns_of is not heads:
+            self._columns_of, self._column_index = heads, heads[0].nonzero().squeeze(1)
+        return self._column_index
 
     @staticmethod
     def _old_heads(learner: Learner, task: Task) -> torch.Tensor | None:
