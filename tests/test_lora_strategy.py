@@ -153,6 +153,9 @@ def test_find_targets_and_errors() -> None:
     assert head == "classifier" and {t.rsplit(".", 1)[1] for t in targets} == {"query", "value"}
     with pytest.raises(LifelongError, match="one output per class"):
         find_targets(mlp, 7)
+    cnn = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(24, 4))
+    with pytest.raises(LifelongError, match=r"found none besides the head.*such as ewc or replay"):
+        find_targets(cnn, 4)
     with pytest.raises(LifelongError, match="unknown lora route"):
         LoRA(route="best")  # type: ignore[arg-type]
     assert LoRA.exclusive == frozenset({"model"}) and LoRA.in_default_run is False

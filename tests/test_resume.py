@@ -161,3 +161,29 @@ def test_failure_before_any_checkpoint_leaves_no_folder(cli, tmp_path: Path) -> 
     )
     assert code == 2 and "loss became" in err
     assert not out.exists()
+
+
+def test_settings_added_later_keep_the_fingerprint_of_runs_from_before_them_at_their_defaults() -> None:
+    from lifelong.core.checkpoint import json_digest
+    from lifelong.experiment.run import LATER_SETTINGS, config_fingerprint
+    from lifelong.experiment.settings import RunConfig
+
+    config = RunConfig(epochs=2, seed=3)
+    fields = config.to_json()
+    # Each later setting's rule value is its default: else every run would drop or keep it wrongly.
+    assert {k: fields[k] for k in LATER_SETTINGS} == LATER_SETTINGS
+    # A run checkpointed before those settings existed wrote its fingerprint without them.
+    older = {k: v for k, v in fields.items() if k not in ("out", "overwrite", *LATER_SETTINGS)}
+    assert config_fingerprint(config, ["naive"]) == json_digest({**older, "strategies": ["naive"]})
+    # Set away from its default, each one counts: such a run is not an older run's.
+    changed = {
+        "data_root": "elsewhere",
+        "download": True,
+        "augment": True,
+        "image_size": 16,
+        "text_column": "t",
+    }
+    assert set(changed) == set(LATER_SETTINGS)
+    for key, value in changed.items():
+        other = RunConfig(**{**fields, key: value})
+        assert config_fingerprint(other, ["naive"]) != config_fingerprint(config, ["naive"]), key

@@ -76,7 +76,11 @@ def find_targets(model: nn.Module, num_classes: int) -> tuple[list[str], str]:
                 return [prefix + n for n in targets], head
     targets = [name for name, _ in linears if name != head]
     if not targets:
-        raise LifelongError("the lora strategy found no linear layer besides the head to adapt")
+        raise LifelongError(
+            "the lora strategy adapts linear layers and found none besides the head (a convolutional "
+            "network has none); use a model with hidden linear layers such as mlp, minilm or tiny-bert, "
+            "or a strategy for any model such as ewc or replay"
+        )
     return targets, head
 
 
