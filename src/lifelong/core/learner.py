@@ -304,12 +304,13 @@ class Learner:
         one_task = n > 0 and bool((t == t[0]).all())
         full = t[:size]
         for idx in self._shares(n, size, shuffle, self.device):
-            m = len(idx)
+            m = idx.shape[0]  # not len(): Tensor.__len__ is a Python call, and this is every step
             if m:
                 yield Batch(x[idx], y[idx], (full if m == size else t[:m]) if one_task else t[idx])
 
-    def _shares(self, n: int, size: int, shuffle: bool, device: torch.device) -> Iterator[torch.Tensor]:
-        """Sample indices (on ``device``) of each batch of ``size``: this process's share of each."""
+    def _shares(self, n: int, size: int, shuffle: bool, device: torch.device) -> list[torch.Tensor]:
+        """Sample indices (on ``device``) of each batch of ``size``: this process's share of each, all
+        made at once (views of one permutation; a generator's resume per step costs more)."""
         order = torch.randperm(n, generator=self.order_generator) if shuffle else torch.arange(n)
         order = order if order.device == device else order.to(device, non_blocking=True)
         world = self.processes.world
@@ -318,8 +319,9 @@ class Learner:
             # A global batch too small to give every process a sample is dropped by all of them
             # alike: a process with nothing to back-propagate would leave the others waiting.
             starts = [s for s in starts if min(size, n - s) >= world]
-        for s in starts:
-            yield order[s : s + size] if world == 1 else self.processes.share(order[s : s + size])
+        if world == 1:
+            return [order[s : s + size] for s in starts]
+        return [self.processes.share(order[s : s + size]) for s in starts]
 
     def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """The tensor on the learner's device (itself if already there: a no-op `.to` still dispatches)."""
