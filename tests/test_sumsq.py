@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lifelong.strategies import EWC, MAS, sumsq
+from lifelong.strategies import EWC, MAS, anchors, sumsq
 from lifelong.strategies.anchors import per_sample_sum
 from lifelong.strategies.ewc import _likely_pairs, _nll
 from lifelong.strategies.sumsq import SquaredGradients, covered_layers
@@ -90,7 +90,12 @@ class Twice(nn.Module):
         return self.plain(h)
 
 
-def test_reused_and_tied_layers_are_left_to_the_caller_and_vmap_gets_them_right() -> None:
+@pytest.mark.parametrize("budget", ["whole chunk", "a row at a time"])
+def test_reused_and_tied_layers_are_left_to_the_caller_and_vmap_gets_them_right(
+    budget: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if budget != "whole chunk":  # the vmap fallback's per-sample gradients bounded below one row's
+        monkeypatch.setattr(anchors, "VMAP_ELEMENTS", 1)
     torch.manual_seed(0)
     model = Twice().double()
     x = torch.randn(9, 4, dtype=torch.double)
@@ -106,6 +111,42 @@ def test_reused_and_tied_layers_are_left_to_the_caller_and_vmap_gets_them_right(
         model, None, names, output_norms, 2, x, torch.zeros(9), squares=SquaredGradients(model, names)
     )
     for name, want in loop_sums(model, x, output_norms, torch.ones(9, dtype=torch.double)).items():
+        torch.testing.assert_close(got[name], want, rtol=1e-12, atol=0)
+
+
+class OverTokens(nn.Module):
+    """A linear layer over tokens returns a view of its matmul's result; here it is changed in place
+    after a side branch read it (a residual), or by an in-place swish."""
+
+    def __init__(self, swish: bool) -> None:
+        super().__init__()
+        self.swish = swish
+        self.a = nn.Linear(5, 5)
+        self.b = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.swish:
+            return self.b(h.mul_(torch.sigmoid(h))).sum(1)
+        side = torch.tanh(h)
+        h.mul_(2)
+        return self.b(h + side).sum(1)
+
+
+@pytest.mark.parametrize("swish", [False, True])
+def test_a_view_output_changed_in_place_is_left_to_vmap_and_measured_right(swish: bool) -> None:
+    torch.manual_seed(0)
+    model = OverTokens(swish).double()
+    x = torch.randn(6, 4, 5, dtype=torch.double)
+    assert model.a(x)._is_view()  # what this test is about
+    names = [n for n, _ in model.named_parameters()]
+    ones = torch.ones(6, dtype=torch.double)
+    sums, rest = hook_sums(model, x, output_norms, ones)
+    assert set(rest) == {"a.weight", "a.bias"} and set(sums) == {"b.weight", "b.bias"}
+    got = per_sample_sum(
+        model, None, names, output_norms, 2, x, torch.zeros(6), squares=SquaredGradients(model, names)
+    )
+    for name, want in loop_sums(model, x, output_norms, ones).items():
         torch.testing.assert_close(got[name], want, rtol=1e-12, atol=0)
 
 

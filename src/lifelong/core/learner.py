@@ -64,6 +64,8 @@ def takes_task_ids(model: nn.Module) -> bool:
     """Whether ``model``'s forward takes each sample's task id (``takes_task_ids = True`` on its class
     or on it). Read without `nn.Module.__getattr__`, whose miss raises and catches an exception: on a
     small model that cost as much as a layer, on every evaluation batch."""
+    if type(model).__getattr__ is not nn.Module.__getattr__:  # a wrapper that forwards (torch.compile)
+        return bool(getattr(model, "takes_task_ids", False))
     value = model.__dict__.get("takes_task_ids", getattr(type(model), "takes_task_ids", False))
     return value if isinstance(value, bool) else bool(getattr(model, "takes_task_ids", False))
 
@@ -350,7 +352,8 @@ class Learner:
     def _count_correct(self, task: Task) -> tuple[int, int]:
         """(correct, total) predictions on this process's share of the task's test set."""
         correct = total = 0
-        # Task ids only where something reads them: the scoring of a small model is mostly calls.
+        # Task ids only where a class mask or the model reads them (`forward` gets None otherwise):
+        # the scoring of a small model is mostly calls.
         ids = self._class_mask is not None or takes_task_ids(self.model)
         data = with_task_ids(task.test, task.index) if ids else task.test
         for batch in self.batches(data, shuffle=False, batch_size=self.eval_batch_size):

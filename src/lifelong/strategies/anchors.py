@@ -147,9 +147,19 @@ def _chunk_sum(
     rest = list(names)
     if squares is not None:
         sums, rest = squares(lambda: measure(call(x, t), *extras), weight)
-    if rest:
-        sums |= _vmap_sum(call, rest, measure, power, x, t, extras, weight)
+    if rest:  # in parts whose per-sample gradients fit VMAP_ELEMENTS, whatever the chunk
+        params = dict(call.model.named_parameters())
+        rows = max(1, VMAP_ELEMENTS // sum(params[n].numel() for n in rest))
+        for start in range(0, len(x), rows):
+            part = slice(start, start + rows)
+            extra = [e[part] for e in extras]
+            add_into(sums, _vmap_sum(call, rest, measure, power, x[part], t[part], extra, weight[part]))
     return sums
+
+
+# Elements of per-sample gradients one vmap call holds (256 MiB of float32): a large parameter the
+# hooks leave to vmap (a word embedding) goes a few rows at a time, not a whole chunk's worth.
+VMAP_ELEMENTS = 1 << 26
 
 
 def _vmap_sum(

@@ -27,7 +27,7 @@ name, for the caller to measure another way (`lifelong.strategies.anchors.per_sa
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -41,15 +41,20 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass
 class _Seen:
-    """One layer's call in the recorded forward: its input and that input's version then (an in-place
-    change after the call would make it another input than the layer saw), and where its output enters
-    the autograd graph. The edge, not the output: the gradient there is the output's own even if it is
-    changed in place later, and holding it does not keep the output alive (a network's activations
-    are most of this pass's memory)."""
+    """One layer's call in the recorded forward: its input, where its output enters the autograd
+    graph, and their versions then (an in-place change after the call would make the input another
+    than the layer saw, or a held output's gradient that of another tensor).
+
+    The output is held by its gradient edge where it can be: the gradient there is the output's own
+    even if it is changed in place later, and the edge does not keep the output alive (a network's
+    activations are most of this pass's memory). An output that is a view of another tensor (a linear
+    layer over tokens returns one) is held itself: an in-place change re-bases a view's history, which
+    would leave its edge out of the graph.
+    """
 
     inputs: torch.Tensor
-    version: int
-    edge: GradientEdge | None  # None: no tensor output in the graph, left to the caller
+    target: torch.Tensor | GradientEdge | None  # None: no tensor output in the graph, left to the caller
+    versions: tuple[int, int]
     rows: int  # the output's first dimension
     first: torch.Tensor | None  # the output's first row, kept for a module that may be replayed
     alone: bool  # called with one positional tensor and nothing else: a call that can be replayed
@@ -57,7 +62,11 @@ class _Seen:
 
     @property
     def unchanged(self) -> bool:
-        return self.inputs._version == self.version
+        return (self.inputs._version, _version(self.target)) == self.versions
+
+
+def _version(target: torch.Tensor | GradientEdge | None) -> int:
+    return target._version if isinstance(target, torch.Tensor) else 0
 
 
 def _fits(module: nn.Module) -> bool:
@@ -89,7 +98,9 @@ def covered_layers(model: nn.Module, names: Sequence[str]) -> dict[nn.Module, di
 
 
 @contextmanager
-def _recording(layers: Sequence[nn.Module], replayed: set[nn.Module]) -> Iterator[dict[nn.Module, _Seen]]:
+def _recording(
+    layers: Sequence[nn.Module], replayed: Container[nn.Module]
+) -> Iterator[dict[nn.Module, _Seen]]:
     seen: dict[nn.Module, _Seen] = {}
 
     def hook(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object], output: object) -> None:
@@ -100,11 +111,13 @@ def _recording(layers: Sequence[nn.Module], replayed: set[nn.Module]) -> Iterato
         # by keyword is not seen: the empty stand-in fails `_batched`, leaving the layer to vmap.
         inputs = args[0].detach() if args and isinstance(args[0], torch.Tensor) else torch.empty(0)
         alone = len(args) == 1 and not kwargs
-        graphed = isinstance(output, torch.Tensor) and output.requires_grad and output.dim() > 0
-        edge = get_gradient_edge(output) if graphed else None  # type: ignore[arg-type]
-        rows = len(output) if graphed else -1  # type: ignore[arg-type]
-        first = output[:1].detach().clone() if graphed and module in replayed else None  # type: ignore[index]
-        seen[module] = _Seen(inputs, inputs._version, edge, rows, first, alone)
+        target: torch.Tensor | GradientEdge | None = None
+        rows, first = -1, None
+        if isinstance(output, torch.Tensor) and output.requires_grad and output.dim() > 0:
+            target = output if output._is_view() else get_gradient_edge(output)
+            rows = len(output)
+            first = output[:1].detach().clone() if module in replayed else None
+        seen[module] = _Seen(inputs, target, (inputs._version, _version(target)), rows, first, alone)
 
     handles = [layer.register_forward_hook(hook, with_kwargs=True) for layer in layers]
     try:
@@ -131,7 +144,7 @@ def _tracked(params: Sequence[nn.Parameter]) -> Iterator[None]:
 def _batched(layer: nn.Module, seen: _Seen, n: int) -> bool:
     """Whether the layer saw the batch of ``n`` rows in its first dimension (a convolution may also
     be given a lone unbatched sample)."""
-    if seen.edge is None or seen.inputs.dim() < 2 or len(seen.inputs) != n or seen.rows != n:
+    if seen.target is None or seen.inputs.dim() < 2 or len(seen.inputs) != n or seen.rows != n:
         return False
     return not isinstance(layer, (nn.Conv1d, nn.Conv2d)) or seen.inputs.dim() == layer.weight.dim()
 
@@ -193,6 +206,8 @@ def _weight_sum(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor) -> torch.Tens
 # pass, they let a pass take more samples (fewer calls, each dearer than its arithmetic on a CPU) in
 # no more memory.
 SAMPLE_ELEMENTS = 1 << 18
+# On an accelerator a call's fixed cost is its launch and memory is larger: blocks 128 times bigger.
+ACCELERATOR_SAMPLE_ELEMENTS = 1 << 25
 
 
 def _layer_sums(
@@ -213,7 +228,8 @@ def _layer_sums(
             sums[own["bias"]] = g.sum(1).square().t() @ w
     if "weight" in own:
         features, positions = x.shape[-1] if conv is None else conv.weight[0].numel(), g.shape[1]
-        rows = n if positions == 1 else max(1, SAMPLE_ELEMENTS // ((positions + g.shape[2]) * features))
+        budget = SAMPLE_ELEMENTS if g.device.type == "cpu" else ACCELERATOR_SAMPLE_ELEMENTS
+        rows = max(n, 1) if positions == 1 else max(1, budget // ((positions + g.shape[2]) * features))
         total: torch.Tensor | None = None
         for start in range(0, n, rows):
             xs = x[start : start + rows]
@@ -223,7 +239,8 @@ def _layer_sums(
                 xs = xs.reshape(len(xs), features, -1).contiguous().transpose(1, 2)
             part = _weight_sum(xs, g[start : start + rows], w[start : start + rows])
             total = part if total is None else total.add_(part)
-        assert total is not None
+        if total is None:  # no rows
+            total = g.new_zeros(features, g.shape[2])
         total = total.t().contiguous()
         if conv is not None:  # [O, *kernel, C] -> [O, C, *kernel]
             total = total.view(len(total), *conv.kernel_size, -1).movedim(-1, 1).contiguous()
@@ -255,9 +272,8 @@ class SquaredGradients:
         self.params = dict(model.named_parameters())
         covered = {n for own in self.layers.values() for n in own.values()}
         self.replayed = _holders(model, [n for n in names if n not in covered]) if replay else {}
-        recorded = [*self.layers, *(m for held in self.replayed.values() for m in held)]
-        self._recorded = list(dict.fromkeys(recorded))
-        self._replayed = {m for held in self.replayed.values() for m in held}
+        self._replayed = _modules(self.replayed)
+        self._recorded = list(dict.fromkeys([*self.layers, *self._replayed]))
         self._params = [self.params[n] for n in [*covered, *self.replayed]]
 
     def __call__(
@@ -289,19 +305,19 @@ class SquaredGradients:
             for name, held in self.replayed.items()
             if uses[id(self.params[name])] == len(held) and all(_replayable(m, seen.get(m), n) for m in held)
         }
-        modules = list(
-            dict.fromkeys([*(layer for layer, _ in fit), *(m for held in replay.values() for m in held)])
-        )
+        modules = list(dict.fromkeys([*(layer for layer, _ in fit), *_modules(replay)]))
         if not modules:
             return {}, list(self.names)
         w = torch.ones(n, device=per_sample.device) if weight is None else weight
-        edges = [edge for m in modules if (edge := seen[m].edge) is not None]  # all: `_batched` saw to it
-        grads: list[torch.Tensor | None] = list(torch.autograd.grad(total, edges, allow_unused=True))
+        targets = [target for m in modules if (target := seen[m].target) is not None]  # `_batched`: all
+        grads: list[torch.Tensor | None] = list(
+            torch.autograd.grad(total, targets, allow_unused=True)  # type: ignore[arg-type]
+        )
         calls = {m: (seen[m].inputs, g) for m, g in zip(modules, grads, strict=True)}
         layers = [layer for layer, _ in fit]
-        del per_sample, total, seen, fit, edges, grads  # the graph: only inputs and gradients are needed
+        del per_sample, total, seen, fit, targets, grads  # the graph: only inputs and gradients are needed
         sums: Tensors = {}
-        replayed = {m for held in replay.values() for m in held}
+        replayed = _modules(replay)
         for layer in layers:
             x, g = calls[layer] if layer in replayed else calls.pop(layer)  # freed once used
             if g is not None:  # None: the parameters reach the loss some other way; left to the caller
@@ -311,6 +327,11 @@ class SquaredGradients:
             if all(g is not None for _, _, g in parts):
                 sums[name] = _replayed_sum(self.params[name], parts, w)  # type: ignore[arg-type]
         return sums, [name for name in self.names if name not in sums]
+
+
+def _modules(held: dict[str, list[nn.Module]]) -> dict[nn.Module, None]:
+    """Every module holding one of the parameters, once each, in order (a dict used as a set)."""
+    return dict.fromkeys(m for modules in held.values() for m in modules)
 
 
 def _replayable(module: nn.Module, seen: _Seen | None, n: int) -> bool:
