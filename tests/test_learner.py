@@ -197,13 +197,32 @@ class OnTheClass(PerTaskBias):
     takes_task_ids = True
 
 
-@pytest.mark.parametrize("where", ["class", "instance"])
+class Forwarding(nn.Module):
+    """A wrapper that forwards attribute reads to the model it wraps, as `torch.compile`'s does."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.inner(*args)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("where", ["class", "instance", "wrapped"])
 def test_a_model_that_takes_task_ids_gets_each_samples_own_in_training_and_evaluation(where: str) -> None:
     stream = tiny_stream()
     model = OnTheClass(stream) if where == "class" else PerTaskBias(stream)
-    if where == "instance":
+    if where != "class":
         model.takes_task_ids = True
-    learner = Learner(model, build_strategies("naive"), epochs=1, seed=0)
+    learner = Learner(
+        Forwarding(model) if where == "wrapped" else model, build_strategies("naive"), epochs=1, seed=0
+    )
     learner.fit(stream)
     assert model.seen == {0, 1, 2}  # every task's id reached the forward
     model.seen.clear()
