@@ -22,13 +22,13 @@ pytest.importorskip("transformers")
 
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
+from tiny_llama import tiny_llama
 from transformers import (
     AutoModelForCausalLM,
     BertConfig,
     BertForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
 )
 
@@ -52,20 +52,8 @@ def ids(text: str) -> list[int]:
 
 def llama(seed: int = 0, hidden: int = 32, vocab: int = VOCAB) -> LlamaForCausalLM:
     """Two layers; the same seed gives the same weights, so two instances are the same base model."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
+    special = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    return tiny_llama(vocab, hidden, seed, layers=2, heads=4, max_position_embeddings=128, **special).eval()
 
 
 # Three domains with disjoint alphabets: arithmetic, lowercase prose, DNA.

@@ -10,16 +10,19 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 
-def tiny_llama(vocab: int, hidden: int, seed: int = 0) -> LlamaForCausalLM:
-    """One layer, two heads, an MLP twice as wide as ``hidden``, positions up to ``vocab``."""
+def tiny_llama(
+    vocab: int, hidden: int, seed: int = 0, layers: int = 1, heads: int = 2, **config: Any
+) -> LlamaForCausalLM:
+    """``layers`` layers of ``heads`` heads, an MLP twice as wide as ``hidden``, positions up to
+    ``vocab`` unless ``config`` (more `LlamaConfig` fields) says otherwise."""
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=vocab,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        **{"max_position_embeddings": vocab, **config},
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

@@ -147,13 +147,8 @@ def _chunk_sum(
     rest = list(names)
     if squares is not None:
         sums, rest = squares(lambda: measure(call(x, t), *extras), weight)
-    if rest:  # in parts whose per-sample gradients fit VMAP_ELEMENTS, whatever the chunk
-        params = dict(call.model.named_parameters())
-        rows = max(1, VMAP_ELEMENTS // sum(params[n].numel() for n in rest))
-        for start in range(0, len(x), rows):
-            part = slice(start, start + rows)
-            extra = [e[part] for e in extras]
-            add_into(sums, _vmap_sum(call, rest, measure, power, x[part], t[part], extra, weight[part]))
+    if rest:
+        sums |= _vmap_sum(call, rest, measure, power, x, t, extras, weight)
     return sums
 
 
@@ -172,7 +167,8 @@ def _vmap_sum(
     extras: Sequence[torch.Tensor],
     weight: torch.Tensor,
 ) -> Tensors:
-    """One chunk's weighted sum of per-sample |gradient|^power, through `torch.func`."""
+    """One chunk's weighted sum of per-sample |gradient|^power, through `torch.func`, in parts whose
+    per-sample gradients fit `VMAP_ELEMENTS` whatever the chunk."""
     wanted = set(names)
     params = {f"model.{n}": p.detach() for n, p in call.model.named_parameters() if n in wanted}
 
@@ -180,13 +176,19 @@ def _vmap_sum(
         logits = functional_call(call, p, (xi.unsqueeze(0), ti.unsqueeze(0)))
         return measure(logits, *(e.unsqueeze(0) for e in ei)).sum()  # the one row's value
 
-    grads = vmap(grad(one), in_dims=(None, 0, 0, *(0 for _ in extras)))(params, x, t, *extras)
-    sums = {}
-    for n, g in grads.items():
-        g = g.square_() if power == 2 else g.abs_()  # in place: the chunk's gradients are the big tensor
-        # The (weighted) sum over the chunk as one matrix-vector product: a single read of the
-        # gradients and no temporary (a sum over dim 0 is a slower, strided reduction).
-        sums[n.removeprefix("model.")] = (g.reshape(len(g), -1).t() @ weight.to(g.dtype)).view(g.shape[1:])
+    per_sample = vmap(grad(one), in_dims=(None, 0, 0, *(0 for _ in extras)))
+    rows = max(1, VMAP_ELEMENTS // sum(p.numel() for p in params.values()))
+    sums: Tensors = {}
+    for start in range(0, len(x), rows):
+        part = slice(start, start + rows)
+        grads = per_sample(params, x[part], t[part], *(e[part] for e in extras))
+        for n, g in grads.items():
+            g = g.square_() if power == 2 else g.abs_()  # in place: the gradients are the big tensor
+            # The (weighted) sum over the part as one matrix-vector product: a single read of the
+            # gradients and no temporary (a sum over dim 0 is a slower, strided reduction).
+            summed = (g.reshape(len(g), -1).t() @ weight[part].to(g.dtype)).view(g.shape[1:])
+            key = n.removeprefix("model.")
+            sums[key] = sums[key].add_(summed) if key in sums else summed
     return sums
 
 
