@@ -22,7 +22,13 @@ from lifelong.llm.data import CausalCollator, blocks_dataset
 from lifelong.llm.trainer import ContinualTrainer
 from lifelong.strategies import LwF, build_strategies
 from lifelong.strategies.teacher import FrozenTeacher
-from lifelong.strategies.teacher_cache import Targets, TopKCache, kept_distillation, topk_targets
+from lifelong.strategies.teacher_cache import (
+    Targets,
+    TopKCache,
+    kept_distillation,
+    largest,
+    topk_targets,
+)
 
 VOCAB = 64
 
@@ -124,6 +130,41 @@ def test_float16_storage_is_within_rounding_of_the_float32_kl() -> None:
     assert float(kept_kl(student, kept.to(torch.float16))) == pytest.approx(exact, rel=2e-3)
 
 
+@pytest.mark.parametrize(("vocab", "k"), [(2048, 32), (49152, 32), (64, 8), (1000, 32), (100, 8)])
+def test_the_two_round_top_k_keeps_the_same_values_as_torch(vocab: int, k: int) -> None:
+    """Its values equal torch.topk's, ties (logits rounded to a few levels) and strided rows included,
+    and its ids point at them."""
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(3, 9, vocab, generator=generator) * 4
+    for rows in (logits[:, :-1], (logits * 2).round()[:, :-1]):  # a strided view; many ties
+        values, ids = largest(rows, k)
+        expected = rows.topk(k, dim=-1).values
+        assert torch.equal(values.sort(-1).values, expected.sort(-1).values)
+        assert torch.equal(rows.gather(-1, ids), values) and ids.unique(dim=-1).shape[-1] == k
+
+
+def test_kept_targets_match_a_float64_reference_and_overwriting_changes_nothing() -> None:
+    """The top-k log-probabilities, the rest's log-mass and its entropy against the same sums taken
+    in float64 from the full softmax; ``overwrite`` gives the same targets, with the same draws."""
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 11, 512, generator=generator) * 6
+    torch.manual_seed(0)
+    kept = topk_targets(logits[:, :-1], 16, 8, 2.0)
+    log_p = F.log_softmax(logits[:, :-1].double() / 2, dim=-1).flatten(0, 1)
+    in_rest = torch.ones_like(log_p, dtype=torch.bool).scatter(-1, kept.ids[:, :16], False)
+    rest_p = log_p.exp() * in_rest
+    mass = rest_p.sum(-1)
+    entropy = mass.log() - (rest_p * log_p).sum(-1) / mass
+    torch.testing.assert_close(kept.log_p.double(), log_p.gather(-1, kept.ids[:, :16]), rtol=0, atol=2e-6)
+    torch.testing.assert_close(
+        kept.rest.double(), torch.stack([mass.log(), entropy], -1), rtol=1e-5, atol=1e-5
+    )
+    assert bool(in_rest.gather(-1, kept.ids[:, 16:]).all())  # the draws come from the rest only
+    torch.manual_seed(0)
+    again = topk_targets(logits.clone()[:, :-1], 16, 8, 2.0, overwrite=True)
+    assert all(torch.equal(a, b) for a, b in zip(kept, again, strict=True))
+
+
 def test_cached_loss_equals_the_per_step_loss_when_k_is_the_vocabulary(tmp_path: Path) -> None:
     ids = tokens(3, 10, seed=5)
     labels = ids.clone()
@@ -210,8 +251,8 @@ def test_past_its_limit_the_cache_recomputes_and_warns_once() -> None:
     ids = tokens(4, 10)
     logits = torch.randn(4, 10, VOCAB)
     with pytest.warns(UserWarning, match="its limit") as caught:
-        first = cache.targets({"input_ids": ids}, None, lambda: logits)
-        second = cache.targets({"input_ids": ids}, None, lambda: logits)
+        first = cache.targets({"input_ids": ids}, None, logits.clone)  # each call's its own copy
+        second = cache.targets({"input_ids": ids}, None, logits.clone)
     assert len(caught) == 1 and len(cache.entries) == 2 and cache.teacher_calls == 2
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
