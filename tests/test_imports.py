@@ -111,3 +111,33 @@ def test_the_package_imports_nothing_until_a_name_is_used_and_every_public_name_
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
     )
     assert done.stdout.split("\n")[:2] == ["False", "[]"]
+
+
+def test_heavy_imports_pause_the_collector_and_freeze_once_per_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from lifelong.cli.startup import import_quietly, quiet_collector
+
+    assert gc.isenabled()
+    with quiet_collector():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()  # a process that keeps its collector off keeps it off
+    try:
+        with quiet_collector():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+    (tmp_path / "startup_probe.py").write_text("LOADED = [gc for gc in range(3)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "startup_probe", raising=False)
+    before = gc.get_freeze_count()
+    import_quietly("startup_probe")
+    assert "startup_probe" in sys.modules and gc.get_freeze_count() > before
+    frozen = gc.get_freeze_count()
+    import_quietly("startup_probe")  # loaded: nothing imported, nothing frozen again
+    assert gc.get_freeze_count() == frozen and gc.isenabled()

@@ -13,6 +13,7 @@ from typer.core import TyperOption
 from lifelong.cli import llm as cli_llm
 from lifelong.cli.adapters import adapters_app
 from lifelong.cli.options import THREADS_MAX, TrainingOptions, training_command
+from lifelong.cli.startup import TRAINING_MODULES, import_quietly
 from lifelong.core.distributed import is_main_process, launch, shutdown, without_option, world_size
 from lifelong.core.settings import check_count
 from lifelong.data import BENCHMARKS
@@ -79,6 +80,7 @@ def run(
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
 
     options.set_threads()
+    import_quietly(*TRAINING_MODULES)
     if processes != 1:
         check_count("--processes", processes, high=THREADS_MAX)
         if world_size() > 1:

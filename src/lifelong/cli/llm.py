@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from lifelong.cli.options import AllowPickle, TrainingOptions, training_command
+from lifelong.cli.startup import TRAINING_MODULES, import_quietly
 from lifelong.core.settings import check_count
 from lifelong.errors import LifelongError
 from lifelong.llm.settings import (
@@ -34,6 +35,7 @@ console = terminal()
 @training_command(PretrainConfig)
 def pretrain(settings: dict[str, Any], options: TrainingOptions) -> None:
     """Continual pre-training of a causal LM over a stream of text domains; prints perplexity and forgetting."""
+    import_quietly("lifelong.llm.pretrain", *TRAINING_MODULES)
     from lifelong.llm.pretrain import COMMAND, resume_pretrain, run_pretrain_config
 
     if options.resume is not None:
@@ -49,6 +51,7 @@ def pretrain(settings: dict[str, Any], options: TrainingOptions) -> None:
 @training_command(FinetuneConfig)
 def finetune(settings: dict[str, Any], options: TrainingOptions) -> None:
     """Continual instruction tuning: fine-tune on task after task, score every task after each, compare strategies."""
+    import_quietly("lifelong.llm.finetune", *TRAINING_MODULES)
     from lifelong.llm.finetune import COMMAND, resume_finetune, run_finetune_config
 
     if options.resume is not None:
