@@ -8,7 +8,9 @@ ratios is printed. A run's speed is its tokens over its estimated time: per epoc
 (after a few warm-up steps) times that epoch's steps. Other jobs on a shared machine only ever add
 time to a step, and by as much as a third on this one, so the fastest is the closest to the step's
 own cost (as ``timeit`` advises); a cached epoch and the epoch that fills the cache each count for
-what they are. Steps are timed on process CPU time on a CPU (steadier when other
+what they are. Printed beside the median of the per-round ratios: the same ratio from each side's
+fastest estimate of each epoch over all rounds (a round's runs of a few seconds still moved by
++-15% when the machine was shared). Steps are timed on process CPU time on a CPU (steadier when other
 jobs share the machine; ``--clock wall`` for wall time) and on wall time on a GPU.
 
 Variants against the plain Trainer: no penalty; distillation (LwF, T=2, alpha=0.5) with the teacher
@@ -21,8 +23,8 @@ from the exact one by more than its average does; what that does to forgetting i
 
     python bench/llm_throughput.py [--model tiny-llama|DIR] [--steps 39] [--epochs 3] [--rounds 7]
 
-Targets: no penalty >= 0.95 of the plain Trainer (issue 5); distillation with the cache >= 0.75
-where epochs > 1 (issue 16).
+Targets: no penalty >= 0.95 of the plain Trainer (issue 5); distillation with the cache >= 0.75 of
+no penalty where epochs > 1 (issue 16: ``--baseline continual --kinds distill-topk``).
 """
 
 from __future__ import annotations
@@ -113,20 +115,25 @@ def run(kind: str, initial: Any, data: Any, options: argparse.Namespace, out: Pa
 
 
 def compare(kind: str, initial: Any, data: Any, options: argparse.Namespace, out: Path) -> float:
-    """The median over alternating rounds of ``kind``'s tokens/s over the plain Trainer's (the whole
-    run; with several epochs also the first epoch's and the later ones', apart)."""
+    """The median over alternating rounds of ``kind``'s tokens/s over the baseline's (the plain
+    Trainer, or `--baseline`; the whole run, and with several epochs the first and the later ones
+    apart)."""
+    base = options.baseline
     parts: dict[str, list[float]] = {"whole": [], "epoch 1": [], "later epochs": []}
     tokens = options.steps * options.batch_size * options.block_size
+    every: dict[str, list[list[float]]] = {base: [], kind: []}  # each round's epoch estimates
     for round_ in range(options.rounds):
-        order = ("plain", kind) if round_ % 2 == 0 else (kind, "plain")
+        order = (base, kind) if round_ % 2 == 0 else (kind, base)
         seconds = {name: run(name, initial, data, options, out) for name in order}
-        plain, ours = seconds["plain"], seconds[kind]
-        parts["whole"].append(sum(plain) / sum(ours))
+        for name, epochs in seconds.items():
+            every[name].append(epochs)
+        theirs, ours = seconds[base], seconds[kind]
+        parts["whole"].append(sum(theirs) / sum(ours))
         if len(ours) > 1:
-            parts["epoch 1"].append(plain[0] / ours[0])
-            parts["later epochs"].append(sum(plain[1:]) / sum(ours[1:]))
+            parts["epoch 1"].append(theirs[0] / ours[0])
+            parts["later epochs"].append(sum(theirs[1:]) / sum(ours[1:]))
         print(
-            f"  round {round_ + 1}: plain {tokens / sum(plain):,.0f} tok/s, {kind} {tokens / sum(ours):,.0f} "
+            f"  round {round_ + 1}: {base} {tokens / sum(theirs):,.0f} tok/s, {kind} {tokens / sum(ours):,.0f} "
             f"tok/s, ratio {parts['whole'][-1]:.3f}",
             flush=True,
         )
@@ -135,6 +142,8 @@ def compare(kind: str, initial: Any, data: Any, options: argparse.Namespace, out
             f"  by epoch (medians): epoch 1 {statistics.median(parts['epoch 1']):.3f}, "
             f"later epochs {statistics.median(parts['later epochs']):.3f}"
         )
+    floor = {name: sum(map(min, zip(*runs, strict=True))) for name, runs in every.items()}
+    print(f"  fastest over all rounds, epoch by epoch: ratio {floor[base] / floor[kind]:.3f}")
     return statistics.median(parts["whole"])
 
 
@@ -195,6 +204,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clock", choices=("cpu", "wall"), default=None, help="default: cpu on a CPU")
     parser.add_argument(
+        "--baseline",
+        choices=("plain", *VARIANTS),
+        default="plain",
+        help="what each kind is compared with: the plain Trainer, or a ContinualTrainer variant "
+        "(continual: no penalty, issue 16's reference for distillation)",
+    )
+    parser.add_argument(
         "--kinds", default=",".join(VARIANTS), help="variants to compare, comma-separated (empty: none)"
     )
     parser.add_argument("--skip-kl", action="store_true", help="skip the top-k KL error check")
@@ -224,7 +240,10 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         for kind in filter(None, options.kinds.split(",")):
-            print(f"ContinualTrainer, {kind} ({' '.join(VARIANTS[kind]) or 'no penalty'}) vs plain Trainer:")
+            against = (
+                "plain Trainer" if options.baseline == "plain" else f"ContinualTrainer, {options.baseline}"
+            )
+            print(f"ContinualTrainer, {kind} ({' '.join(VARIANTS[kind]) or 'no penalty'}) vs {against}:")
             median = compare(kind, initial, data, options, Path(tmp))
             print(f"  median ratio {median:.3f}", flush=True)
     if not options.skip_kl:
