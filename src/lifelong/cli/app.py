@@ -80,7 +80,6 @@ def run(
     """Run a continual-learning experiment and print the accuracy matrix and metrics per strategy."""
 
     options.set_threads()
-    import_quietly(*TRAINING_MODULES)
     if processes != 1:
         check_count("--processes", processes, high=THREADS_MAX)
         if world_size() > 1:
@@ -88,6 +87,7 @@ def run(
                 "--processes launches the processes itself; drop it under accelerate launch or torchrun"
             )
         sys.exit(launch(processes, without_option(sys.argv[1:], "--processes")))
+    import_quietly(*TRAINING_MODULES)  # here, not in a launcher that only waits for its processes
     if options.resume is not None:
         options.refuse_settings(RunConfig, settings)
         run_experiment(console=console, show_progress=options.progress, resume=options.resume, report=report)
