@@ -239,7 +239,7 @@ def main() -> None:
         f"{options.replay_ratio:.0%} prose replay), {options.rounds} rounds"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in filter(None, options.kinds.split(",")):
+        for kind in [k for k in options.kinds.split(",") if k and k != options.baseline]:
             against = (
                 "plain Trainer" if options.baseline == "plain" else f"ContinualTrainer, {options.baseline}"
             )

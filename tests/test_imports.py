@@ -120,24 +120,26 @@ def test_heavy_imports_pause_the_collector_and_freeze_once_per_module(
 
     from lifelong.cli.startup import import_quietly, quiet_collector
 
-    assert gc.isenabled()
-    with quiet_collector():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    gc.disable()  # a process that keeps its collector off keeps it off
     try:
+        assert gc.isenabled()
+        with quiet_collector():
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        gc.disable()  # a process that keeps its collector off keeps it off
         with quiet_collector():
             pass
         assert not gc.isenabled()
-    finally:
         gc.enable()
 
-    (tmp_path / "startup_probe.py").write_text("LOADED = [gc for gc in range(3)]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "startup_probe", raising=False)
-    before = gc.get_freeze_count()
-    import_quietly("startup_probe")
-    assert "startup_probe" in sys.modules and gc.get_freeze_count() > before
-    frozen = gc.get_freeze_count()
-    import_quietly("startup_probe")  # loaded: nothing imported, nothing frozen again
-    assert gc.get_freeze_count() == frozen and gc.isenabled()
+        (tmp_path / "startup_probe.py").write_text("LOADED = [gc for gc in range(3)]\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "startup_probe", raising=False)
+        before = gc.get_freeze_count()
+        import_quietly("startup_probe")
+        assert "startup_probe" in sys.modules and gc.get_freeze_count() > before
+        frozen = gc.get_freeze_count()
+        import_quietly("startup_probe")  # loaded: nothing imported, nothing frozen again
+        assert gc.get_freeze_count() == frozen and gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()  # this test process's objects go back to the collector

@@ -87,13 +87,13 @@ def run(
                 "--processes launches the processes itself; drop it under accelerate launch or torchrun"
             )
         sys.exit(launch(processes, without_option(sys.argv[1:], "--processes")))
-    import_quietly(*TRAINING_MODULES)  # here, not in a launcher that only waits for its processes
+    config = None
     if options.resume is not None:
         options.refuse_settings(RunConfig, settings)
-        run_experiment(console=console, show_progress=options.progress, resume=options.resume, report=report)
     else:
         config = options.settings(RunConfig, settings)
-        run_experiment(config, console, show_progress=options.progress, report=report)
+    import_quietly(*TRAINING_MODULES)  # once the settings hold; not in a launcher, which only waits
+    run_experiment(config, console, show_progress=options.progress, resume=options.resume, report=report)
     shutdown()
 
 

@@ -35,32 +35,36 @@ console = terminal()
 @training_command(PretrainConfig)
 def pretrain(settings: dict[str, Any], options: TrainingOptions) -> None:
     """Continual pre-training of a causal LM over a stream of text domains; prints perplexity and forgetting."""
-    import_quietly("lifelong.llm.pretrain", *TRAINING_MODULES)
+    import_quietly("lifelong.llm.pretrain")
     from lifelong.llm.pretrain import COMMAND, resume_pretrain, run_pretrain_config
 
     if options.resume is not None:
         options.refuse_settings(PretrainConfig, settings)
         options.set_threads(default_threads(_saved_model(options.resume, COMMAND)))
+        import_quietly(*TRAINING_MODULES)
         resume_pretrain(options.resume, console=console, progress=options.progress)
         return
     config = options.settings(PretrainConfig, settings)
     options.set_threads(default_threads(config.model))
+    import_quietly(*TRAINING_MODULES)
     run_pretrain_config(config, console=console, progress=options.progress)
 
 
 @training_command(FinetuneConfig)
 def finetune(settings: dict[str, Any], options: TrainingOptions) -> None:
     """Continual instruction tuning: fine-tune on task after task, score every task after each, compare strategies."""
-    import_quietly("lifelong.llm.finetune", *TRAINING_MODULES)
+    import_quietly("lifelong.llm.finetune")
     from lifelong.llm.finetune import COMMAND, resume_finetune, run_finetune_config
 
     if options.resume is not None:
         options.refuse_settings(FinetuneConfig, settings)
         options.set_threads(default_threads(_saved_model(options.resume, COMMAND)))
+        import_quietly(*TRAINING_MODULES)
         resume_finetune(options.resume, console=console, progress=options.progress)
         return
     config = options.settings(FinetuneConfig, settings)
     options.set_threads(default_threads(config.model))
+    import_quietly(*TRAINING_MODULES)
     run_finetune_config(config, console=console, progress=options.progress)
 
 

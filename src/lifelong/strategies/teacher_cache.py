@@ -91,15 +91,16 @@ def rest_log_mass(top: torch.Tensor) -> torch.Tensor:
 def topk_targets(
     logits: torch.Tensor, k: int, samples: int, temperature: float, *, overwrite: bool = False
 ) -> Targets:
-    """What is kept of the teacher's ``logits`` ``[..., V]`` at ``temperature``, a row per position:
-    the top ``k`` tokens, the rest's mass and entropy, and ``samples`` tokens drawn from the rest
-    (torch's default RNG). A strided view (the shifted ``[B, L - 1, V]``) is read without a copy;
-    with ``overwrite`` float32 logits are the caller's to spend, and are scaled in place."""
+    """What is kept of the teacher's ``logits`` (``[P, V]`` or ``[B, L, V]``) at ``temperature``, a
+    row per position: the top ``k`` tokens, the rest's mass and entropy, and ``samples`` tokens drawn
+    from the rest (torch's default RNG). A strided view (the shifted ``[B, L - 1, V]``) is read
+    without a copy; with ``overwrite`` float32 logits are the caller's to spend, scaled in place."""
     if overwrite and logits.dtype == torch.float32:
         shifted = logits.div_(temperature)
     else:
         shifted = logits.float() / temperature
     shifted.sub_(shifted.amax(-1, keepdim=True))  # log-probabilities up to each row's log-partition
+    shifted.clamp_(min=torch.finfo(shifted.dtype).min)  # a masked token's -inf would make 0 * -inf below
     rest = shifted.exp()  # unnormalised probabilities: every use below divides by the partition
     partition = rest.sum(-1, keepdim=True)
     log_partition = partition.log()
