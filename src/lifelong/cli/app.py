@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -160,11 +161,19 @@ _EXTRAS = {
 }
 
 
+# How long a process other than the main one waits, failing, for the main one to say why.
+_SAY_IT_FIRST_SECONDS = 5.0
+
+
 def _fail(message: str, status: int = 2) -> None:
     """One red line (from the main process: every process of a multi-process run meets the same error)
     and exit ``status``."""
     if is_main_process():
         err_console.print(labelled("error:", "bold red", message), highlight=False, soft_wrap=True)
+    elif world_size() > 1:
+        # The launcher stops every process when the first one exits: were this one first, the main
+        # process could be stopped before its line. It exits after the main one, which ends this wait.
+        time.sleep(_SAY_IT_FIRST_SECONDS)
     sys.exit(status)
 
 
