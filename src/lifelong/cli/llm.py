@@ -40,13 +40,11 @@ def pretrain(settings: dict[str, Any], options: TrainingOptions) -> None:
 
     if options.resume is not None:
         options.refuse_settings(PretrainConfig, settings)
-        options.set_threads(default_threads(_saved_model(options.resume, COMMAND)))
-        import_quietly(*TRAINING_MODULES)
+        _prepare(options, _saved_model(options.resume, COMMAND))
         resume_pretrain(options.resume, console=console, progress=options.progress)
         return
     config = options.settings(PretrainConfig, settings)
-    options.set_threads(default_threads(config.model))
-    import_quietly(*TRAINING_MODULES)
+    _prepare(options, config.model)
     run_pretrain_config(config, console=console, progress=options.progress)
 
 
@@ -58,14 +56,18 @@ def finetune(settings: dict[str, Any], options: TrainingOptions) -> None:
 
     if options.resume is not None:
         options.refuse_settings(FinetuneConfig, settings)
-        options.set_threads(default_threads(_saved_model(options.resume, COMMAND)))
-        import_quietly(*TRAINING_MODULES)
+        _prepare(options, _saved_model(options.resume, COMMAND))
         resume_finetune(options.resume, console=console, progress=options.progress)
         return
     config = options.settings(FinetuneConfig, settings)
-    options.set_threads(default_threads(config.model))
-    import_quietly(*TRAINING_MODULES)
+    _prepare(options, config.model)
     run_finetune_config(config, console=console, progress=options.progress)
+
+
+def _prepare(options: TrainingOptions, model: str) -> None:
+    """Once the settings hold: torch's threads (defaulting by model) and the modules training loads."""
+    options.set_threads(default_threads(model))
+    import_quietly(*TRAINING_MODULES)
 
 
 def _saved_model(run_dir: Path, command: str) -> str:

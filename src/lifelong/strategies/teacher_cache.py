@@ -68,13 +68,18 @@ class Targets(NamedTuple):
         return sum(t.numel() * t.element_size() for t in self)
 
 
-def distilled_rows(logits: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """``[P, V]`` next-token logits of ``logits`` ``[B, L, V]`` at the ``keep`` positions (bool
-    ``[B, L - 1]``: the positions that predict a distilled token), row-major; all of them when None."""
+def next_token_logits(logits: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The next-token logits of ``logits`` ``[B, L, V]`` at the ``keep`` positions (bool ``[B, L - 1]``:
+    the positions that predict a distilled token), ``[P, V]`` row-major; all of them when None, as
+    the ``[B, L - 1, V]`` view (no copy)."""
     shifted = logits[:, :-1]
-    if keep is None:
-        return shifted.reshape(-1, shifted.shape[-1])
-    return shifted[keep]
+    return shifted if keep is None else shifted[keep]
+
+
+def distilled_rows(logits: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """`next_token_logits` as ``[P, V]`` rows (a copy when ``keep`` is None)."""
+    rows = next_token_logits(logits, keep)
+    return rows.reshape(-1, rows.shape[-1])
 
 
 def rest_log_mass(top: torch.Tensor) -> torch.Tensor:
@@ -294,7 +299,7 @@ class TopKCache:
         self.teacher_calls += 1
         logits = teacher()
         with torch.inference_mode():
-            rows = logits[:, :-1] if keep is None else distilled_rows(logits, keep)
+            rows = next_token_logits(logits, keep)
             kept = topk_targets(rows, self.k, self.samples, self.temperature, overwrite=True)
         # Rounded as stored, outside inference mode (the KL saves them for its backward): a row's
         # targets are the same tensors whether they were computed this step or read back.
