@@ -84,6 +84,25 @@ def test_nan_loss_stops_with_a_clear_message() -> None:
         Learner(Broken(), epochs=1, device="cpu").fit(tiny_stream())
 
 
+def test_a_nan_step_early_in_an_epoch_is_caught_at_its_end() -> None:
+    """The check reads the epoch's last loss: a NaN step before it leaves NaN weights, so it shows."""
+
+    class OneBadStep(Strategy):
+        name = "one-bad-step"
+        steps = 0
+
+        def penalty(self, learner, batch, outputs):
+            self.steps += 1
+            return outputs.sum() * float("nan") if self.steps == 2 else torch.zeros(())
+
+    torch.manual_seed(0)
+    model = build_model("mlp:hidden=8", (64,), 10)
+    learner = Learner(model, [OneBadStep()], epochs=1, batch_size=16, device="cpu")
+    assert learner._num_batches(tiny_stream().tasks[0].train) > 2  # the bad step is not the last
+    with pytest.raises(LifelongError, match=r"loss became nan in task 'task0:0,1', epoch 1"):
+        learner.fit(tiny_stream())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "phrase"),
     [

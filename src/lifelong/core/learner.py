@@ -133,6 +133,7 @@ class Learner:
         self.train_data: Dataset = TensorDataset(torch.empty(0))
         self.optimizer: torch.optim.Optimizer | None = None
         self._class_mask: torch.Tensor | None = None
+        self._checked_ids: tuple[torch.Tensor, bool] | None = None  # see `_one_task`
         self.logits: torch.Tensor | None = None  # this training batch's logits before masking
         self.task_loss: torch.Tensor | None = None  # this training batch's loss before penalties
 
@@ -211,7 +212,7 @@ class Learner:
         )
         takes_ids = takes_task_ids(self.model)
         batch_bar = self._bar("batches", self._num_batches(self.train_data))
-        losses = []
+        loss = None
         for batch in self.batches(self.train_data):
             for strategy in mixers:
                 batch = strategy.train_batch(self, batch)
@@ -233,13 +234,14 @@ class Learner:
                 strategy.after_backward(self)
             self.optimizer.step()
             self.task_loss = self.raw_inputs = None  # a penalty outside this loop must not see stale ones
-            losses.append(loss.detach())
             self._advance(batch_bar)
-        # One check per epoch: a per-step check would force a device sync on every batch.
-        epoch_loss = all_reduce_sum(torch.stack(losses).sum().float()).item()
-        if not math.isfinite(epoch_loss):
+        # One check per epoch, of its last step: a per-step check would force a device sync on every
+        # batch, and a step whose loss was NaN left NaN weights behind, so every later loss is NaN too.
+        # Summed over processes, so all of them stop together.
+        last_loss = 0.0 if loss is None else all_reduce_sum(loss.detach().float()).item()
+        if not math.isfinite(last_loss):
             raise LifelongError(
-                f"loss became {epoch_loss} in task '{task.name}', epoch {epoch + 1}; "
+                f"loss became {last_loss} in task '{task.name}', epoch {epoch + 1}; "
                 "lower the learning rate (--lr) or the strategy's penalty strength"
             )
         self._done(batch_bar)
@@ -301,14 +303,21 @@ class Learner:
             for s in range(0, n, size):
                 yield Batch(x[s : s + size], y[s : s + size], t[s : s + size])
             return
-        # One task's own data has one task id throughout: a view of it saves a gather per batch
-        # (and one view serves every batch of the full size).
-        one_task = n > 0 and bool((t == t[0]).all())
+        one_task = not rest or self._one_task(t)
         full = t[:size]
         for idx in self._shares(n, size, shuffle, self.device):
             m = idx.shape[0]  # not len(): Tensor.__len__ is a Python call, and this is every step
             if m:
                 yield Batch(x[idx], y[idx], (full if m == size else t[:m]) if one_task else t[idx])
+
+    def _one_task(self, task_ids: torch.Tensor) -> bool:
+        """Whether ``task_ids`` holds one task id throughout (a task's own data): then a view of it
+        saves a gather per batch, and one view serves every batch of the full size. Checked once per
+        tensor, not per epoch: the check reads every id and waits for the device."""
+        if self._checked_ids is None or self._checked_ids[0] is not task_ids:
+            uniform = len(task_ids) > 0 and bool((task_ids == task_ids[0]).all())
+            self._checked_ids = (task_ids, uniform)
+        return self._checked_ids[1]
 
     def _shares(self, n: int, size: int, shuffle: bool, device: torch.device) -> list[torch.Tensor]:
         """Sample indices (on ``device``) of each batch of ``size``: this process's share of each, all
