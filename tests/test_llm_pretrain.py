@@ -256,6 +256,8 @@ def test_commands_refuse_bad_input_with_one_line(
         (["pretrain", "--model", str(no_tok), "--corpus", str(prose)], "has no tokenizer"),
         (["perplexity", "--model", str(no_tok)], "has no tokenizer"),
         ([*base, "-s", "agem"], "no causal-LM form"),
+        ([*base, "--corpus", str(prose), "--precision", "fp8"], "unknown precision 'fp8'"),
+        ([*base, "--corpus", str(prose), "--precision", "fp16", "--device", "cpu"], "try bf16"),
     ]
     for argv, expected in cases:
         status, message = cli(*argv)

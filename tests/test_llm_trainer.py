@@ -396,3 +396,25 @@ def test_trainer_uses_the_lambda_schedule(tmp_path: Path) -> None:
     assert isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.LambdaLR)
     rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
     assert max(rates) == pytest.approx(1.0) and rates[0] < 1.0
+
+
+def test_bf16_trains_under_autocast_and_leaves_a_float32_model(tmp_path: Path) -> None:
+    """Mixed precision: the training forward runs in bfloat16 (Accelerate's autocast around the model's
+    forward); after each task the model's own forward is back, so EWC's Fisher (measured right after,
+    which compared a bf16 recorded output with a float32 one and failed), evaluation and the next
+    task see float32, and a second task does not stack a second wrapper on the first."""
+    model = tiny_model()
+    dtypes: list[torch.dtype] = []
+    model.lm_head.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    ewc = EWC(lambda_ewc=1.0)
+    training = training_args(tmp_path, bf16=True)
+    trainer = trainer_for(model, tmp_path, blocks(), strategies=[ewc], training_args=training)
+    for _ in range(2):
+        trainer.train_task()
+        assert torch.bfloat16 in dtypes and "_original_forward" not in model.__dict__
+        dtypes.clear()
+        model(input_ids=blocks(2))
+        assert dtypes == [torch.float32]
+        dtypes.clear()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert len(ewc.terms) == 2 and all(torch.isfinite(f).all() for f in ewc.terms[-1][0].values())

@@ -27,6 +27,12 @@ PRECISIONS: tuple[str, ...] = ("no", "bf16", "fp16")
 T = TypeVar("T", torch.Tensor, dict[str, torch.Tensor])
 
 
+def check_precision(precision: str) -> None:
+    """One of `PRECISIONS`, or one line saying which there are."""
+    if precision not in PRECISIONS:
+        raise LifelongError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+
+
 def world_size() -> int:
     """Processes in this run, as the launcher announced them (before any process group exists)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -102,8 +108,7 @@ class Processes:
     """This process's place in the run and the Accelerate calls the training loop makes."""
 
     def __init__(self, device: str | torch.device = "auto", precision: str = "no") -> None:
-        if precision not in PRECISIONS:
-            raise LifelongError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+        check_precision(precision)
         self.accelerator: Any = None
         if world_size() > 1 or precision != "no":
             self.accelerator = _accelerator(device, precision)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifelong.core.distributed import PRECISIONS
+from lifelong.core.distributed import check_precision
 from lifelong.core.learner import OPTIMIZERS
 from lifelong.core.settings import EPOCHS_MAX, CommonSettings, check_types, setting
 from lifelong.core.stream import SCENARIOS
@@ -76,10 +76,7 @@ class RunConfig(CommonSettings):
             )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise LifelongError(f"unknown device '{self.device}'; choose one of: auto, cpu, cuda")
-        if self.precision not in PRECISIONS:
-            raise LifelongError(
-                f"unknown precision '{self.precision}'; choose one of: {', '.join(PRECISIONS)}"
-            )
+        check_precision(self.precision)
         if self.scenario is not None and self.scenario not in SCENARIOS:
             raise LifelongError(f"unknown scenario '{self.scenario}'; choose one of: {', '.join(SCENARIOS)}")
         if not 0 < self.test_size < 1:

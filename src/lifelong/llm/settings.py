@@ -76,10 +76,13 @@ class _LanguageModelSettings(CommonSettings):
         factory=list,
     )
     allow_pickle: bool = setting(False, ALLOW_PICKLE_HELP, "--allow-pickle")
+    precision: str = setting(
+        "no", "Mixed precision of training: no, bf16 or fp16 (fp16 on a CUDA GPU only); weights stay float32."
+    )
 
     def _train_fields(self) -> dict[str, Any]:
         """The `TrainSettings` fields these settings give directly, whatever the model."""
-        names = ("schedule", "warmup_ratio", "report_to", "seed", "device")
+        names = ("schedule", "warmup_ratio", "report_to", "seed", "device", "precision")
         return {
             **{name: getattr(self, name) for name in names},
             "gradient_accumulation_steps": self.grad_accum,

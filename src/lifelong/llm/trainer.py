@@ -168,9 +168,20 @@ class ContinualTrainer(Trainer):
     def train(self, *args: Any, **kwargs: Any) -> TrainOutput:
         self.before_task()
         output = super().train(*args, **kwargs)
+        self._unprepare()
         self.after_task(self.fisher_dataset if self.fisher_dataset is not None else self.train_dataset)
         self.fisher_dataset = None
         return output
+
+    def _unprepare(self) -> None:
+        """Undo what preparing for training did to the model, so that importance, evaluation, saving and
+        the next task see it as it was: mixed precision wrapped its forward in autocast (the Fisher
+        then compared bf16 outputs with float32 ones), and a model marked prepared is handed back
+        as it is by the next preparation (this trainer's or the next task's), with no autocast."""
+        model = self._model()
+        self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        model.__dict__.pop("_is_accelerate_prepared", None)
+        self.model_wrapped = model  # a multi-process wrapper is made again for the next task
 
     def before_task(self) -> None:
         """The strategies' `lm_before_task` (bind anchors, snapshot a teacher), and a fresh optimizer."""

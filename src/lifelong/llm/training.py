@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from lifelong.core.distributed import check_precision
 from lifelong.errors import LifelongError
 from lifelong.llm.fisher import OutsideTrainer
 from lifelong.llm.models import is_tiny_llama
@@ -47,6 +48,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "no"  # mixed precision of training: no, bf16, or fp16 (a CUDA GPU only)
     eval_batch_size: int = 16
     eval_blocks: int | None = None  # cap on held-out blocks per domain (None: all)
     eval_every: int | None = None  # ForgettingCallback: old-domain perplexity every N steps
@@ -68,6 +70,9 @@ class TrainSettings:
             raise LifelongError(f"device must be auto, cpu or cuda, got '{self.device}'")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise LifelongError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        check_precision(self.precision)
+        if self.precision == "fp16" and use_cpu(self.device):
+            raise LifelongError("precision fp16 needs a CUDA GPU (a CPU has no fp16 autocast); try bf16")
 
 
 Settings = TypeVar("Settings", bound=TrainSettings)
@@ -110,6 +115,8 @@ def training_args(settings: TrainSettings, output_dir: Path, progress: bool) -> 
         eval_strategy="no",
         report_to=settings.report_to,
         use_cpu=use_cpu(settings.device),
+        bf16=settings.precision == "bf16",  # autocast around the forward; the weights stay float32
+        fp16=settings.precision == "fp16",
         seed=settings.seed,
         data_seed=settings.seed,
         disable_tqdm=not progress,
