@@ -12,6 +12,7 @@ is printed. Replay trains on the new examples plus ``--replay-ratio`` replayed o
 set beside its extra tokens.
 
     python bench/finetune_throughput.py [--model smollm2-135m] [--examples 16] [--rounds 3] [--threads 1]
+                                        [--device cpu] [--precision no]
     python bench/finetune_throughput.py --threads-sweep 1,2   # the plain loop alone at each thread count
 
 Target (issue 14): finetune naive >= 0.95 of the plain Trainer's tokens/s; replay's time within its tokens.
@@ -115,7 +116,9 @@ def plain(
         save_strategy="no",
         disable_tqdm=True,
         logging_steps=50,
-        use_cpu=True,
+        use_cpu=settings.device == "cpu",
+        bf16=settings.precision == "bf16",
+        fp16=settings.precision == "fp16",
         seed=settings.seed,
         data_seed=settings.seed,
     )
@@ -146,6 +149,7 @@ def ours(strategy: str, options: argparse.Namespace, tasks: tuple[Path, Path], o
             replay=[old] if strategy == "replay" else None,
             replay_ratio=options.replay_ratio,
             settings=settings_of(options),
+            watch=options.watch.split(",") if options.watch else None,
             overwrite=True,
             console=Console(file=io.StringIO()),
         )
@@ -166,7 +170,8 @@ def settings_of(options: argparse.Namespace) -> FinetuneSettings:
         max_length=options.max_length,
         max_new_tokens=16,
         eval_examples=options.eval_examples,
-        device="cpu",
+        device=options.device,
+        precision=options.precision,
     )
 
 
@@ -201,6 +206,9 @@ def main() -> None:
     parser.add_argument("--replay-ratio", type=float, default=0.25)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--watch", default=None, help="finetune's watch sets (default: its own; none: none)")
+    parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"), help="both sides alike")
     parser.add_argument("--threads-sweep", default=None, help="e.g. 1,2: the plain loop alone at each count")
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
@@ -218,7 +226,9 @@ def main() -> None:
             f"model {options.model}, {initial.num_parameters():,} parameters, torch threads "
             f"{torch.get_num_threads()}; {len(new)} examples ({tokens(new)} tokens, "
             f"{tokens(new) / len(new):.0f} a row) in batches of {options.batch_size}, one epoch; "
-            f"replay adds {len(replayed)} ({tokens(replayed)} tokens); {options.rounds} rounds"
+            f"replay adds {len(replayed)} ({tokens(replayed)} tokens); {options.rounds} rounds; "
+            f"device {torch.cuda.get_device_name() if options.device == 'cuda' else 'cpu'}, "
+            f"precision {options.precision}"
         )
         del initial
         if options.threads_sweep:

@@ -30,6 +30,7 @@ with other jobs single runs of 0.2 s vary by up to 40% (the noise only adds time
 a few is the steadier estimate of each side's own cost.
 
     python bench/overhead.py [--repeats 21] [--best-of 1] [--strategies naive,replay,ewc,lwf,der++] [--threads 1]
+                             [--device cpu]
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from lifelong import Learner, build_benchmark, build_model, build_strategies
+from lifelong.core.learner import resolve_device
 from lifelong.core.stream import Stream, Task
 
 EPOCHS, BATCH, LR = 5, 32, 0.05
@@ -62,6 +64,21 @@ SPECS = {  # what the Learner runs; each bare loop below does the same by hand
     "lwf": f"lwf:alpha={ALPHA},temperature={TEMPERATURE}",
     "der++": f"der++:alpha={DER_ALPHA},beta={DER_BETA},buffer_size={BUFFER},minibatch_size={DER_MINIBATCH}",
 }
+
+
+DEVICE = torch.device("cpu")  # where both sides train: --device
+
+
+def where(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} thread(s)"
+
+
+def on_device(data: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """A task's (inputs, labels) on `DEVICE`: once per task, as the Learner moves them."""
+    x, y = data.tensors  # type: ignore[attr-defined]
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def now() -> np.ndarray:
@@ -89,7 +106,9 @@ class Memory:
 
     def __init__(self, generator: torch.Generator, **columns: torch.Tensor) -> None:
         self.generator, self.seen, self.size = generator, 0, 0
-        self.columns = {k: torch.zeros(BUFFER, *v.shape[1:], dtype=v.dtype) for k, v in columns.items()}
+        self.columns = {
+            k: torch.zeros(BUFFER, *v.shape[1:], dtype=v.dtype, device=DEVICE) for k, v in columns.items()
+        }
         self.perm, self.cursor = torch.empty(0, dtype=torch.long), 0
 
     def add(self, **columns: torch.Tensor) -> None:
@@ -104,6 +123,7 @@ class Memory:
             np.maximum.at(winner, np.minimum(j, BUFFER), np.arange(n))  # the latest to draw a row wins it
             r = np.flatnonzero(winner[:BUFFER] >= 0)
             rows, src = torch.from_numpy(r), torch.from_numpy(winner[r])
+        rows, src = rows.to(DEVICE), src.to(DEVICE)
         for k, v in columns.items():
             self.columns[k].index_copy_(0, rows, v.index_select(0, src))
         self.seen += n
@@ -113,7 +133,7 @@ class Memory:
         n = min(n, self.size)
         if len(self.perm) != self.size or self.cursor + n > self.size:
             self.perm, self.cursor = torch.randperm(self.size, generator=self.generator), 0
-        idx = self.perm[self.cursor : self.cursor + n]
+        idx = self.perm[self.cursor : self.cursor + n].to(DEVICE)
         self.cursor += n
         return {k: v.index_select(0, idx) for k, v in self.columns.items()}
 
@@ -138,7 +158,7 @@ class Bare:
     def __init__(self, stream: Stream, seed: int, clock: Clock) -> None:
         torch.manual_seed(seed)
         self.stream, self.clock = stream, clock
-        self.model = mlp(math.prod(stream.input_shape), stream.num_classes)
+        self.model = mlp(math.prod(stream.input_shape), stream.num_classes).to(DEVICE)
         self.generator = torch.Generator().manual_seed(seed)
 
     def start(self, task: Task) -> None: ...
@@ -153,7 +173,7 @@ class Bare:
 
     def fit(self) -> list[list[float]]:
         model = self.model
-        tests = [t.test.tensors for t in self.stream]
+        tests = [on_device(t.test) for t in self.stream]
 
         def evaluate() -> list[float]:
             model.eval()
@@ -165,11 +185,11 @@ class Bare:
         evaluate()  # the Learner scores the untrained model once, for forward transfer
         matrix = []
         for task in self.stream:
-            x, y = task.train.tensors
+            x, y = on_device(task.train)
             self.start(task)
             optimizer = torch.optim.SGD(model.parameters(), lr=LR)
             for _ in range(EPOCHS):
-                order = torch.randperm(len(y), generator=self.generator)
+                order = torch.randperm(len(y), generator=self.generator).to(DEVICE)
                 for first in range(0, len(y), BATCH):
                     idx = order[first : first + BATCH]
                     bx, by = self.mix(x[idx], y[idx])
@@ -187,7 +207,7 @@ class BareReplay(Bare):
 
     def start(self, task: Task) -> None:
         if task.index == 0:
-            x, y = task.train.tensors  # type: ignore[attr-defined]
+            x, y = on_device(task.train)
             self.memory = Memory(self.generator, x=x, y=y)
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,7 +277,7 @@ class BareLwF(Bare):
         self.teacher = None
         if task.index > 0:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
-            self.old = self.stream.class_mask()[: task.index].any(0).nonzero().squeeze(1)
+            self.old = self.stream.class_mask()[: task.index].any(0).nonzero().squeeze(1).to(DEVICE)
 
     def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, y)
@@ -275,8 +295,8 @@ class BareDERPP(Bare):
 
     def start(self, task: Task) -> None:
         if task.index == 0:
-            x, y = task.train.tensors  # type: ignore[attr-defined]
-            logits = torch.zeros(1, self.stream.num_classes)
+            x, y = on_device(task.train)
+            logits = torch.zeros(1, self.stream.num_classes, device=DEVICE)
             self.memory = Memory(self.generator, x=x, y=y, logits=logits)
 
     def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -312,7 +332,7 @@ def learner_fit(stream: Stream, seed: int, clock: Clock, strategy: str) -> list[
         after_task = ewc.after_task
         ewc.after_task = lambda learner, task: clock.run(after_task, learner, task)  # type: ignore[method-assign]
     learner = Learner(
-        model, strategies, epochs=EPOCHS, batch_size=BATCH, lr=LR, optimizer="sgd", seed=seed, device="cpu"
+        model, strategies, epochs=EPOCHS, batch_size=BATCH, lr=LR, optimizer="sgd", seed=seed, device=DEVICE
     )
     return learner.fit(stream).matrix
 
@@ -336,6 +356,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--strategies", default=",".join(SPECS))
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="where both sides train: cpu, cuda")
     parser.add_argument(
         "--best-of",
         type=int,
@@ -351,6 +372,8 @@ def main() -> None:
         parser.error(f"no bare loop for {', '.join(unknown)}; choose from {', '.join(BARE)}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = resolve_device(args.device)
     stream = build_benchmark("split-digits", seed=0)
     for s in strategies:  # warm-up: first calls pay for lazy initialisation
         timed(bare_fit, stream, 0, s), timed(learner_fit, stream, 0, s)
@@ -370,7 +393,7 @@ def main() -> None:
             drift[s] = max(drift[s], float(np.abs(matrices[0] - matrices[1]).max()))
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.repeats} alternating pairs "
+        f"torch {torch.__version__}, {where(DEVICE)}, {args.repeats} alternating pairs "
         f"per strategy, each side the fastest of {args.best_of} run(s); ewc: Fisher left out of both sides"
     )
     header = (
