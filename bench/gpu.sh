@@ -36,4 +36,4 @@ bench fisher 120 bench/fisher.py --device "$device" --repeats "$rounds"
 bench llm_throughput 120 bench/llm_throughput.py --device "$device" --rounds "$rounds" --steps "$steps" \
     --baseline continual --kinds distill,distill-topk --skip-kl
 bench finetune 150 bench/finetune_throughput.py --device "$device" --precision bf16 --rounds "$((rounds > 2 ? 2 : rounds))" \
-    --model "$model" "${small[@]}"
+    --model "$model" ${small[@]+"${small[@]}"}

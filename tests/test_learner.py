@@ -103,6 +103,19 @@ def test_a_nan_step_early_in_an_epoch_is_caught_at_its_end() -> None:
         learner.fit(tiny_stream())
 
 
+def test_task_ids_changed_in_place_are_read_again() -> None:
+    """Whether a dataset's ids are one task's is remembered per tensor, but not past an in-place change."""
+    learner = Learner(build_model("mlp:hidden=8", (64,), 10), device="cpu", batch_size=4)
+    rows = torch.arange(8)
+    ids = torch.zeros(8, dtype=torch.long)
+    data = TensorDataset(rows[:, None].float().expand(8, 64), rows % 10, ids)
+    for change in (None, slice(4, None)):
+        if change is not None:
+            ids[change] = 1
+        for batch in learner.batches(data):
+            assert torch.equal(batch.task_ids, ids[batch.x[:, 0].long()])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "phrase"),
     [

@@ -70,6 +70,11 @@ def takes_task_ids(model: nn.Module) -> bool:
     return value if isinstance(value, bool) else bool(getattr(model, "takes_task_ids", False))
 
 
+def _version(tensor: torch.Tensor) -> int:
+    """How many times ``tensor`` was changed in place (an inference tensor keeps no count: -1)."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
 def _is_score(value: object) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
@@ -133,7 +138,8 @@ class Learner:
         self.train_data: Dataset = TensorDataset(torch.empty(0))
         self.optimizer: torch.optim.Optimizer | None = None
         self._class_mask: torch.Tensor | None = None
-        self._checked_ids: tuple[torch.Tensor, bool] | None = None  # see `_one_task`
+        self._checked_ids: tuple[torch.Tensor, int, bool] | None = None  # see `_one_task`
+        self._moved: tuple[Dataset, list[int], list[torch.Tensor]] | None = None  # see `_tensors`
         self.logits: torch.Tensor | None = None  # this training batch's logits before masking
         self.task_loss: torch.Tensor | None = None  # this training batch's loss before penalties
 
@@ -237,6 +243,7 @@ class Learner:
             self._advance(batch_bar)
         # One check per epoch, of its last step: a per-step check would force a device sync on every
         # batch, and a step whose loss was NaN left NaN weights behind, so every later loss is NaN too.
+        # (A step that leaves the weights alone, one that fp16 loss scaling skips, is no divergence.)
         # Summed over processes, so all of them stop together.
         last_loss = 0.0 if loss is None else all_reduce_sum(loss.detach().float()).item()
         if not math.isfinite(last_loss):
@@ -297,7 +304,7 @@ class Learner:
                 default_id = self.task.index if self.task is not None else 0
                 yield Batch(x, y, rest[0] if rest else torch.full_like(y, default_id))
             return
-        x, y, *rest = (self._on_device(t) for t in data.tensors)
+        x, y, *rest = self._tensors(data)
         t = rest[0] if rest else torch.zeros_like(y)
         if not shuffle and self.processes.world == 1:  # slices are views: no copy
             for s in range(0, n, size):
@@ -310,14 +317,21 @@ class Learner:
             if m:
                 yield Batch(x[idx], y[idx], (full if m == size else t[:m]) if one_task else t[idx])
 
+    def _tensors(self, data: TensorDataset) -> list[torch.Tensor]:
+        """The dataset's tensors on the device, moved once per dataset and change, not every epoch."""
+        versions = [_version(t) for t in data.tensors]
+        if self._moved is None or self._moved[0] is not data or self._moved[1] != versions:
+            self._moved = (data, versions, [self._on_device(t) for t in data.tensors])
+        return self._moved[2]
+
     def _one_task(self, task_ids: torch.Tensor) -> bool:
-        """Whether ``task_ids`` holds one task id throughout (a task's own data): then a view of it
-        saves a gather per batch, and one view serves every batch of the full size. Checked once per
-        tensor, not per epoch: the check reads every id and waits for the device."""
-        if self._checked_ids is None or self._checked_ids[0] is not task_ids:
+        """Whether ``task_ids`` holds one id throughout (a task's own data: a view of it then saves a
+        gather per batch). Checked once per tensor and change, not per epoch: it waits for the device."""
+        seen = self._checked_ids
+        if seen is None or seen[0] is not task_ids or seen[1] != _version(task_ids):
             uniform = len(task_ids) > 0 and bool((task_ids == task_ids[0]).all())
-            self._checked_ids = (task_ids, uniform)
-        return self._checked_ids[1]
+            self._checked_ids = seen = (task_ids, _version(task_ids), uniform)
+        return seen[2]
 
     def _shares(self, n: int, size: int, shuffle: bool, device: torch.device) -> list[torch.Tensor]:
         """Sample indices (on ``device``) of each batch of ``size``: this process's share of each, all
@@ -394,11 +408,8 @@ class Learner:
     # ---- checkpoint state -------------------------------------------------------------------------
 
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Model weights, every strategy's state and every RNG, as (tensors, JSON) for a checkpoint.
-
-        The optimizer is not saved: each task starts a fresh one (see `make_optimizer`), so a run
-        resumed at a task boundary needs none.
-        """
+        """Model weights, every strategy's state and every RNG, as (tensors, JSON) for a checkpoint. No
+        optimizer: each task starts a fresh one (`make_optimizer`), so a resume at a task boundary needs none."""
         tensors: dict[str, torch.Tensor] = {}
         generators = {"generator": self.generator}
         if self.order_generator is not self.generator:

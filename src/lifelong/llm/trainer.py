@@ -179,7 +179,10 @@ class ContinualTrainer(Trainer):
         then compared bf16 outputs with float32 ones), and a model marked prepared is handed back
         as it is by the next preparation (this trainer's or the next task's), with no autocast."""
         model = self._model()
-        self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        self.accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # the module inside any wrapper
+        original = model.__dict__.pop("_original_forward", None)  # an FSDP wrapper's own, from task 2 on
+        if original is not None:
+            model.forward = original
         model.__dict__.pop("_is_accelerate_prepared", None)
         self.model_wrapped = model  # a multi-process wrapper is made again for the next task
 

@@ -73,6 +73,8 @@ class TrainSettings:
         check_precision(self.precision)
         if self.precision == "fp16" and use_cpu(self.device):
             raise LifelongError("precision fp16 needs a CUDA GPU (a CPU has no fp16 autocast); try bf16")
+        if self.precision == "bf16" and not use_cpu(self.device) and not torch.cuda.is_bf16_supported():
+            raise LifelongError("this GPU has no bf16 arithmetic (it came with Ampere); use --precision fp16")
 
 
 Settings = TypeVar("Settings", bound=TrainSettings)
