@@ -36,6 +36,7 @@ from rich.console import Console
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
+from lifelong.core.distributed import PRECISIONS
 from lifelong.llm.corpora import split_documents
 from lifelong.llm.finetune import finetune
 from lifelong.llm.finetune_data import FinetuneSettings, prepare
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--watch", default=None, help="finetune's watch sets (default: its own; none: none)")
-    parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"), help="both sides alike")
+    parser.add_argument("--precision", default="no", choices=PRECISIONS, help="both sides alike")
     parser.add_argument("--threads-sweep", default=None, help="e.g. 1,2: the plain loop alone at each count")
     options = parser.parse_args()
     torch.set_num_threads(options.threads)

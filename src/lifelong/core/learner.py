@@ -23,7 +23,7 @@ from lifelong.core.distributed import Processes, all_reduce_sum
 from lifelong.core.distributed import resolve_device as resolve_device
 from lifelong.core.state import load_strategies, restore_rng, rng_state, strategies_state
 from lifelong.core.strategy import MASKED_LOGIT, Batch, Strategy, overriders
-from lifelong.core.stream import with_task_ids
+from lifelong.core.stream import DeviceCopy, versions_of, with_task_ids
 from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
@@ -68,11 +68,6 @@ def takes_task_ids(model: nn.Module) -> bool:
         return bool(getattr(model, "takes_task_ids", False))
     value = model.__dict__.get("takes_task_ids", getattr(type(model), "takes_task_ids", False))
     return value if isinstance(value, bool) else bool(getattr(model, "takes_task_ids", False))
-
-
-def _version(tensor: torch.Tensor) -> int:
-    """How many times ``tensor`` was changed in place (an inference tensor keeps no count: -1)."""
-    return -1 if tensor.is_inference() else tensor._version
 
 
 def _is_score(value: object) -> bool:
@@ -138,8 +133,7 @@ class Learner:
         self.train_data: Dataset = TensorDataset(torch.empty(0))
         self.optimizer: torch.optim.Optimizer | None = None
         self._class_mask: torch.Tensor | None = None
-        self._checked_ids: tuple[torch.Tensor, int, bool] | None = None  # see `_one_task`
-        self._moved: tuple[Dataset, list[int], list[torch.Tensor]] | None = None  # see `_tensors`
+        self._moved: DeviceCopy | None = None  # the dataset `batches` read last
         self.logits: torch.Tensor | None = None  # this training batch's logits before masking
         self.task_loss: torch.Tensor | None = None  # this training batch's loss before penalties
 
@@ -304,34 +298,26 @@ class Learner:
                 default_id = self.task.index if self.task is not None else 0
                 yield Batch(x, y, rest[0] if rest else torch.full_like(y, default_id))
             return
-        x, y, *rest = self._tensors(data)
+        moved = self._on_device_once(data)
+        x, y, *rest = moved.tensors
         t = rest[0] if rest else torch.zeros_like(y)
         if not shuffle and self.processes.world == 1:  # slices are views: no copy
             for s in range(0, n, size):
                 yield Batch(x[s : s + size], y[s : s + size], t[s : s + size])
             return
-        one_task = not rest or self._one_task(t)
+        one_task = moved.one_task
         full = t[:size]
         for idx in self._shares(n, size, shuffle, self.device):
             m = idx.shape[0]  # not len(): Tensor.__len__ is a Python call, and this is every step
             if m:
                 yield Batch(x[idx], y[idx], (full if m == size else t[:m]) if one_task else t[idx])
 
-    def _tensors(self, data: TensorDataset) -> list[torch.Tensor]:
-        """The dataset's tensors on the device, moved once per dataset and change, not every epoch."""
-        versions = [_version(t) for t in data.tensors]
-        if self._moved is None or self._moved[0] is not data or self._moved[1] != versions:
-            self._moved = (data, versions, [self._on_device(t) for t in data.tensors])
-        return self._moved[2]
-
-    def _one_task(self, task_ids: torch.Tensor) -> bool:
-        """Whether ``task_ids`` holds one id throughout (a task's own data: a view of it then saves a
-        gather per batch). Checked once per tensor and change, not per epoch: it waits for the device."""
-        seen = self._checked_ids
-        if seen is None or seen[0] is not task_ids or seen[1] != _version(task_ids):
-            uniform = len(task_ids) > 0 and bool((task_ids == task_ids[0]).all())
-            self._checked_ids = seen = (task_ids, _version(task_ids), uniform)
-        return seen[2]
+    def _on_device_once(self, data: TensorDataset) -> DeviceCopy:
+        versions = versions_of(data)
+        moved = self._moved
+        if moved is None or moved.data is not data or moved.versions != versions:
+            self._moved = moved = DeviceCopy(data, versions, [self._on_device(t) for t in data.tensors])
+        return moved
 
     def _shares(self, n: int, size: int, shuffle: bool, device: torch.device) -> list[torch.Tensor]:
         """Sample indices (on ``device``) of each batch of ``size``: this process's share of each, all

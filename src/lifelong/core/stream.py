@@ -14,6 +14,7 @@ through a `DataLoader`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -217,6 +218,29 @@ def with_task_ids(data: Dataset, task_index: int) -> Dataset:
         x, y = data.tensors
         return TensorDataset(x, y, torch.full_like(y, task_index))
     return data
+
+
+def versions_of(data: TensorDataset) -> list[int]:
+    """How many times each of the dataset's tensors was changed in place (an inference tensor keeps
+    no count: -1)."""
+    return [-1 if t.is_inference() else t._version for t in data.tensors]
+
+
+@dataclass
+class DeviceCopy:
+    """A dataset's tensors on a training device, as they were at ``versions`` (`versions_of`): the
+    `Learner` moves a task once per dataset and change, not every epoch."""
+
+    data: Dataset
+    versions: list[int]
+    tensors: list[torch.Tensor]
+
+    @functools.cached_property
+    def one_task(self) -> bool:
+        """Whether its task ids are one id throughout (a task's own data: a view of them then saves a
+        gather per batch). Asked once, not every epoch: it reads every id and waits for the device."""
+        ids = self.tensors[2] if len(self.tensors) > 2 else None
+        return ids is None or (len(ids) > 0 and bool((ids == ids[0]).all()))
 
 
 def concat_datasets(datasets: Sequence[Dataset]) -> Dataset:
