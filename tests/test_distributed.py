@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from lifelong import Learner, build_benchmark, build_model
 from lifelong.core.checkpoint import MANIFEST_FILE, latest_checkpoint
-from lifelong.core.distributed import local_share, without_option
+from lifelong.core.distributed import local_share, resolve_device, without_option
 from lifelong.runs.folder import LOCK_FILE, strategy_dir
 from lifelong.strategies.ewc import EWC
 
@@ -186,6 +186,17 @@ def test_buffer_shares_add_up_to_the_configured_size(monkeypatch: pytest.MonkeyP
 def test_processes_flag_is_not_passed_on_to_the_children() -> None:
     argv = ["run", "--processes", "2", "--strategy", "ewc", "--processes=3", "--out", "x"]
     assert without_option(argv, "--processes") == ["run", "--strategy", "ewc", "--out", "x"]
+
+
+def test_a_bare_cuda_device_resolves_to_the_current_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tensors on a GPU report their index: the learner compares devices to skip moves, so a bare
+    # "cuda" (no index) would never equal them.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 def test_one_process_learner_builds_no_accelerator() -> None:

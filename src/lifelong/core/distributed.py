@@ -112,7 +112,7 @@ class Processes:
         self.accelerator: Any = None
         if world_size() > 1 or precision != "no":
             self.accelerator = _accelerator(device, precision)
-            self.device = torch.device(self.accelerator.device)
+            self.device = resolve_device(self.accelerator.device)  # one process: a bare 'cuda'
             self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         else:
             self.device = resolve_device(device)
@@ -162,13 +162,17 @@ class Processes:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """The device named, with its index where it has one: a tensor on a GPU reports ``cuda:0``, never
+    ``cuda``, so a bare ``cuda`` would compare unequal to every tensor on it (and move them again)."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise LifelongError(
             "--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto"
         )
+    if resolved.type == "cuda" and resolved.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
     return resolved
 
 
