@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -196,6 +198,17 @@ def test_two_fits_with_the_same_seeds_give_identical_matrices(composition: str) 
         learner = Learner(model, build_strategies(composition), epochs=1, lr=0.05, optimizer="sgd", seed=3)
         matrices.append(learner.fit(stream).matrix)
     assert matrices[0] == matrices[1]
+
+
+def test_the_readme_python_example_runs_as_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(example, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6  # the 5x5 matrix, then the three metrics
+    assert all(len(line.split()) == 5 for line in lines[:5])
+    average_accuracy, forgetting, _ = (float(v) for v in lines[5].split())
+    assert 0.0 <= average_accuracy <= 1.0 and forgetting > 0.3  # naive forgets: the example's point
 
 
 def test_the_loop_calls_only_the_hooks_a_strategy_defines_by_class_or_on_the_object() -> None:
