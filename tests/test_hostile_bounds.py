@@ -398,7 +398,9 @@ def test_a_crashed_write_leaves_no_temporary_file_once_resumed(tmp_path: Path) -
 
     folder = RunFolder.create(tmp_path / "run", "run", {"config": {}}, overwrite=False)
     folder.release()
-    stale = tmp_path / "run" / "checkpoints" / "0-naive" / ".result.json.abc123.tmp"
+    stale = (
+        tmp_path / "run" / "checkpoints" / "0-naive" / ".result.json.abc12345.tmp"
+    )  # mkstemp: 8 random characters
     stale.parent.mkdir(parents=True)
     stale.write_text("{")
     RunFolder.resume(tmp_path / "run", "run").release()

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lifelong.errors import LifelongError
 from lifelong.runs.folder import strategy_dir
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -248,3 +249,23 @@ def test_allow_pickle_on_the_command_line_is_kept_for_resume(cli: Cli, tmp_path:
     assert json.loads((tmp_path / "run" / "run.json").read_text())["settings"]["allow_pickle"] is True
     (tmp_path / "run" / "results.json").unlink()  # as if killed before its end: what --resume reads
     assert PretrainRequest.from_saved(tmp_path / "run", None).allow_pickle
+
+
+def test_adapter_commands_delete_or_replace_only_folders_lifelong_saved(cli: Cli, tmp_path: Path) -> None:
+    from lifelong.adapters.store import META_FILE, check_export_target
+
+    root, own = tmp_path / "adapters", tmp_path / "adapters" / "userstuff"
+    own.mkdir(parents=True)
+    (own / "f.txt").write_text("precious")
+    code, _, err = cli("adapters", "delete", "-y", "--root", str(root), "userstuff")
+    assert "not a folder lifelong saved" in one_line(code, err)
+    assert (own / "f.txt").read_text() == "precious"
+
+    export = tmp_path / "userout"
+    export.mkdir()
+    (export / "f.txt").write_text("precious")
+    with pytest.raises(LifelongError, match="not a folder lifelong saved"):
+        check_export_target(export, root, None, overwrite=True)
+    (export / META_FILE).write_text(json.dumps({"format": 1, "exported_from": "t"}))
+    check_export_target(export, root, None, overwrite=True)  # an earlier export: ours to replace
+    assert (export / "f.txt").read_text() == "precious"

@@ -41,6 +41,44 @@ def test_overwrite_replaces_only_the_files_the_run_named(tmp_path: Path) -> None
     second.release()
 
 
+def test_overwrite_obeys_no_hand_edited_file_list_beyond_the_names_the_command_writes(
+    tmp_path: Path,
+) -> None:
+    run, victim = tmp_path / "run", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("mine")
+    (tmp_path / "data.csv").write_text("mine too")
+    RunFolder.create(run, "run", {}).release()
+    saved = json.loads((run / RUN_FILE).read_text())
+    saved["files"] = ["../victim", str(tmp_path / "data.csv"), ".", "results.json"]
+    (run / RUN_FILE).write_text(json.dumps(saved))
+    (run / RESULTS_FILE).write_text("{}")
+    RunFolder.create(run, "run", {}, overwrite=True).release()
+    assert (victim / "precious.txt").read_text() == "mine"
+    assert (tmp_path / "data.csv").read_text() == "mine too"
+    assert run.is_dir() and not (run / RESULTS_FILE).exists()  # a name it writes, listed: removed
+
+
+def test_a_run_json_lifelong_did_not_write_proves_nothing(tmp_path: Path) -> None:
+    (tmp_path / RUN_FILE).write_text(json.dumps({"lr": 0.1}))  # the user's own, no format
+    (tmp_path / RESULTS_FILE).write_text("mine")
+    with pytest.raises(LifelongError, match="lifelong did not write"):
+        RunFolder.create(tmp_path, "run", {}, overwrite=True)
+    assert (tmp_path / RESULTS_FILE).read_text() == "mine"
+
+
+def test_opening_a_run_removes_only_its_own_crashed_temporary_files(tmp_path: Path) -> None:
+    RunFolder.create(tmp_path, "run", {}).release()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / ".draft.tmp").write_text("the user's")
+    (tmp_path / ".vimrc.tmp").write_text("the user's")
+    crashed = tmp_path / ".results.json.ab_12xyz.tmp"  # what atomic_write_bytes leaves if killed
+    crashed.write_text("{")
+    RunFolder.resume(tmp_path, "run").release()
+    assert not crashed.exists()
+    assert (tmp_path / "notes" / ".draft.tmp").exists() and (tmp_path / ".vimrc.tmp").exists()
+
+
 def test_a_folder_is_locked_while_a_run_holds_it(tmp_path: Path) -> None:
     holder = RunFolder.create(tmp_path / "run", "run", {})
     with pytest.raises(LifelongError, match="in use by a run of process"):

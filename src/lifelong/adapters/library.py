@@ -268,10 +268,13 @@ class AdapterLibrary:
         """
         store.check_task_name(task)
         args = training.training_arguments(training_args)
-        if (self.root / task).exists() and not overwrite:
-            raise LifelongError(
-                f"an adapter for task '{task}' already exists in {self.root}; pass overwrite=True or delete it"
-            )
+        if (self.root / task).exists():
+            if not overwrite:
+                raise LifelongError(
+                    f"an adapter for task '{task}' already exists in {self.root}; "
+                    "pass --overwrite (overwrite=True) or delete it"
+                )
+            store.refuse_unless_written_here(self.root / task, "replace")  # before training, not after
         data = self.encode(dataset, max_length=args["max_length"])
         held_out = (
             self.encode(eval_dataset, max_length=args["max_length"]) if eval_dataset is not None else None

@@ -297,9 +297,34 @@ def list_adapters(root: str | Path, base_hash: str | None = None, base_name: str
 # ---- writing ------------------------------------------------------------------------------------------
 
 
+def written_here(folder: Path) -> bool:
+    """Whether ``folder`` is one this library wrote (an adapter or an export): it holds our record.
+    Only such a folder is ever deleted or replaced; anything else is the user's."""
+    try:
+        record = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and "format" in record
+
+
+def refuse_unless_written_here(folder: Path, action: str) -> None:
+    if not written_here(folder):
+        raise LifelongError(
+            f"{folder} has no {META_FILE}: it is not a folder lifelong saved, so it will not {action} it; "
+            "move or remove it yourself, or choose another name"
+        )
+
+
+def check_deletable(folder: Path) -> None:
+    """A link may always go (what it points to stays); a folder only if lifelong saved it."""
+    if not folder.is_symlink():
+        refuse_unless_written_here(folder, "delete")
+
+
 def delete_adapter(root: str | Path, task: str) -> None:
     """Remove ``root/<task>`` (a broken adapter too) in one rename, so it is never half-deleted."""
     folder = adapter_folder(Path(root), task)
+    check_deletable(folder)
     trash = folder.with_name(f".deleted-{task}-{os.getpid()}")
     os.replace(folder, trash)
     if trash.is_symlink():  # a linked adapter: the link goes, what it points to is not ours to delete
@@ -353,6 +378,8 @@ def save_adapter(peft: PeftModel, root: Path, task: str, meta: dict[str, Any], *
             raise LifelongError(
                 f"an adapter for task '{task}' appeared in {root} meanwhile; nothing was saved"
             )
+        if target.exists():
+            refuse_unless_written_here(target, "replace")
         _replace_folder(written, target)
 
 
@@ -390,10 +417,12 @@ def check_export_target(target: Path, root: Path, base: Path | None, *, overwrit
                 f"export folder {target} {relation} {what} {folder}, which the export would replace; "
                 f"choose a folder outside it (or under {root / EXPORTS})"
             )
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise LifelongError(
-            f"{target} already exists and is not empty; pass overwrite=True or another folder"
-        )
+    if target.exists() and any(target.iterdir()):
+        if not overwrite:
+            raise LifelongError(
+                f"{target} already exists and is not empty; pass --overwrite (overwrite=True) or another folder"
+            )
+        refuse_unless_written_here(target, "replace")
 
 
 def save_export(model: Any, tokenizer: Any, target: Path, task: str, adapter_meta: dict[str, Any]) -> None:

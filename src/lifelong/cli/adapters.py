@@ -20,6 +20,7 @@ from lifelong.adapters import (
     AdapterInfo,
     AdapterLibrary,
     adapter_folder,
+    check_deletable,
     delete_adapter,
     inspect_adapter,
     list_adapters,
@@ -343,6 +344,7 @@ def delete(
     """Delete TASK's adapter folder."""
 
     folder = adapter_folder(root, task)
+    check_deletable(folder)  # before asking: the answer would not matter
     if not yes and not typer.confirm(f"delete adapter {visible(folder)}?"):
         raise typer.Exit(1)
     delete_adapter(root, task)

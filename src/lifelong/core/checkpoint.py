@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,6 +16,9 @@ from typing import Any
 import torch
 
 from lifelong.errors import LifelongError
+
+# The temporary file `atomic_write_bytes` writes first: ".<name>.<mkstemp's 8 random characters>.tmp".
+ATOMIC_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from lifelong.core.checkpoint import atomic_write_bytes, atomic_write_json, latest_checkpoint
+from lifelong.core.checkpoint import ATOMIC_TEMP, atomic_write_bytes, atomic_write_json, latest_checkpoint
 from lifelong.errors import LifelongError
 
 RUN_FILE, RESULTS_FILE, METRICS_LOG, LOCK_FILE = "run.json", "results.json", "metrics.jsonl", ".lock"
@@ -85,15 +85,13 @@ class RunFolder:
         if not main:
             return folder
         folder._acquire()
-        if existing is not None:  # ours, proven by its run.json: only the files it names go
-            for name in existing.get("files", COMMON_FILES):
+        owned = sorted({*COMMON_FILES, *own})
+        if existing is not None:  # ours, proven by its run.json: of the names it lists, only those
+            # this command writes go (a hand-edited list naming "..", "/home" or "data" is not obeyed)
+            listed = existing.get("files", COMMON_FILES)
+            for name in owned if not isinstance(listed, list) else [n for n in owned if n in listed]:
                 _remove(path / name)
-        folder.saved = {
-            "format": RUN_FORMAT,
-            "command": command,
-            "files": sorted({*COMMON_FILES, *own}),
-            "settings": settings,
-        }
+        folder.saved = {"format": RUN_FORMAT, "command": command, "files": owned, "settings": settings}
         atomic_write_json(path / RUN_FILE, folder.saved)
         return folder
 
@@ -140,7 +138,7 @@ class RunFolder:
         self._lock = handle
         # Holding the lock, no write is under way here: a temporary file left is a crashed write's.
         for stale in self.path.rglob(".*.tmp"):
-            if stale.is_file() and not stale.is_symlink():
+            if ATOMIC_TEMP.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
                 stale.unlink()
 
     def release(self) -> None:
@@ -263,9 +261,10 @@ def _read_run_file(path: Path, command: str) -> dict[str, Any] | None:
         raise LifelongError(f"{run_file} is damaged; start a new run instead of resuming this one") from None
     if not isinstance(saved, dict):
         raise LifelongError(f"{run_file} is damaged; start a new run instead of resuming this one")
-    if "format" not in saved:  # written before run.json named its command: a `lifelong run`
-        # Upgraded whole (format included), so a rewrite (`describe`) is read as this format again.
-        saved = {"format": RUN_FORMAT, "command": "run", "files": list(COMMON_FILES), "settings": saved}
+    if saved.get("format") != RUN_FORMAT:  # a run.json of the user's own, say: no proof of a run
+        raise LifelongError(
+            f"{path} holds a {RUN_FILE} that lifelong did not write; choose a new or empty folder for --out"
+        )
     found = saved.get("command")
     if found != command:
         raise LifelongError(
