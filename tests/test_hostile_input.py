@@ -225,6 +225,55 @@ def test_a_model_folder_with_only_pickled_weights_is_refused(tmp_path: Path) -> 
         assert torch.equal(opted_in.get_input_embeddings().weight, model.get_input_embeddings().weight)
 
 
+def test_broken_weights_or_config_are_one_line_not_a_traceback(
+    cli: Cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a truncated copy of the weights; a config whose sizes do not match them; impossible sizes
+    pytest.importorskip("peft")
+    model, folder = pickled_model_folder(tmp_path)
+    (folder / "pytorch_model.bin").unlink()
+    model.save_pretrained(folder)
+    capsys.readouterr()  # save_pretrained's progress bar is not the command's output
+    text = tmp_path / "a.txt"
+    text.write_text("</s> </s>\n" * 50)
+    weights = folder / "model.safetensors"
+    whole, config = weights.read_bytes(), json.loads((folder / "config.json").read_text())
+    breakages = [
+        ("model.safetensors", whole[:40]),
+        ("config.json", json.dumps({**config, "vocab_size": 4})),
+        ("config.json", json.dumps({**config, "hidden_size": -1})),
+    ]
+    for name, broken in breakages:
+        weights.write_bytes(whole)
+        (folder / "config.json").write_text(json.dumps(config))
+        target = folder / name
+        target.write_bytes(broken) if isinstance(broken, bytes) else target.write_text(broken)
+        code, _, err = cli("perplexity", "--model", str(folder), "-d", str(text))
+        assert str(folder) in one_line(code, err), (name, err)
+        code, _, err = cli("adapters", "train", "t", "--base", str(folder), "--data", str(text))
+        one_line(code, err)
+
+
+def test_an_adapter_with_pickled_weights_is_refused_even_beside_a_decoy_safetensors(
+    tmp_path: Path,
+) -> None:
+    # PEFT reads adapter_model.bin whenever adapter_model.safetensors is missing, whatever else is there
+    from lifelong.errors import LifelongError
+    from lifelong.llm.models import load_model
+
+    model, base = pickled_model_folder(tmp_path)
+    model.save_pretrained(base)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    (adapter / "adapter_model.bin").write_bytes(b"not to be unpickled")
+    (adapter / "decoy.safetensors").write_bytes(b"")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (adapter / name).write_bytes((base / name).read_bytes())
+    with pytest.raises(LifelongError, match=r"no adapter_model\.safetensors.*--allow-pickle"):
+        load_model(adapter)
+
+
 def test_allow_pickle_on_the_command_line_is_kept_for_resume(cli: Cli, tmp_path: Path) -> None:
     # case 5: the flag, on every command that loads a model folder; a run records it in run.json
     from lifelong.llm.pretrain import PretrainRequest
@@ -269,3 +318,14 @@ def test_adapter_commands_delete_or_replace_only_folders_lifelong_saved(cli: Cli
     (export / META_FILE).write_text(json.dumps({"format": 1, "exported_from": "t"}))
     check_export_target(export, root, None, overwrite=True)  # an earlier export: ours to replace
     assert (export / "f.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("command", ["finetune", "pretrain"])
+def test_an_unknown_or_missing_report_to_integration_is_one_line_before_training(
+    cli: Cli, tmp_path: Path, command: str
+) -> None:
+    pytest.importorskip("transformers")
+    for name, says in (("bogus", "unknown --report-to 'bogus'"), ("swanlab", "pip install swanlab")):
+        code, _, err = cli(command, "--report-to", name, "--epochs", "1", "--out", str(tmp_path / name))
+        assert says in one_line(code, err)
+        assert not (tmp_path / name).exists()

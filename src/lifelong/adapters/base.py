@@ -10,7 +10,7 @@ import torch
 
 from lifelong.adapters.peft_calls import freeze
 from lifelong.errors import LifelongError
-from lifelong.models.hf import weights_format
+from lifelong.models.hf import first_line, load_errors, offline, weights_format
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -57,8 +57,8 @@ def read_base_config(path: Path, num_labels: int | None) -> PretrainedConfig:
     extra = {"num_labels": num_labels} if num_labels else {}
     try:
         return AutoConfig.from_pretrained(str(path), local_files_only=True, **extra)
-    except (OSError, ValueError) as err:
-        raise LifelongError(f"cannot read the config of base model {path}: {err}") from None
+    except load_errors() as err:
+        raise LifelongError(f"cannot read the config of base model {path}: {first_line(err)}") from None
 
 
 def load_base_model(
@@ -70,9 +70,12 @@ def load_base_model(
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
     safe = weights_format(path, allow_pickle)
     try:
-        return auto.from_pretrained(str(path), config=config, local_files_only=True, **safe)
-    except (OSError, ValueError) as err:
-        raise LifelongError(f"cannot load base model {path}: {err}") from None
+        with offline():  # and no load report or progress bar on the terminal
+            return auto.from_pretrained(str(path), config=config, local_files_only=True, **safe)
+    except load_errors() as err:
+        raise LifelongError(
+            f"cannot load base model {path}: {first_line(err)}; pass a folder written by save_pretrained"
+        ) from None
 
 
 def prepare_base(model: PreTrainedModel, device: torch.device) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from lifelong.core.spec import bind, parse_spec
 from lifelong.errors import LifelongError
 from lifelong.llm.corpora import BUILTIN_CORPORA, builtin_corpus, split_documents
-from lifelong.models.hf import cache_dir, offline, weights_format
+from lifelong.models.hf import cache_dir, first_line, load_errors, offline, weights_format
 from lifelong.models.smollm2 import SMOLLM2, is_smollm2, smollm2_folder
 
 if TYPE_CHECKING:
@@ -211,17 +211,25 @@ def load_model(
     """
     folder = resolve_model_folder(model)
     check_model_folder(folder)
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
     with offline():
+        try:  # first, as the tokenizer reads it too and would take the blame
+            if (folder / "config.json").is_file():
+                AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        except load_errors() as err:
+            raise LifelongError(
+                f"{folder / 'config.json'} is not a valid model config ({first_line(err)}); "
+                "save the model there again with model.save_pretrained"
+            ) from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError, TypeError, KeyError) as err:
+        except load_errors() as err:
             raise LifelongError(
-                f"the tokenizer in {folder} cannot be loaded ({_first_line(err)}); save it again with "
+                f"the tokenizer in {folder} cannot be loaded ({first_line(err)}); save it again with "
                 "tokenizer.save_pretrained"
             ) from None
         try:
@@ -229,9 +237,9 @@ def load_model(
                 loaded = _load_adapter(folder, kwargs, allow_pickle)
             else:
                 loaded = _causal_lm(folder, kwargs, allow_pickle)
-        except (OSError, ValueError, TypeError, KeyError) as err:
+        except load_errors() as err:
             raise LifelongError(
-                f"the model in {folder} cannot be loaded as a causal LM ({_first_line(err)}); "
+                f"the model in {folder} cannot be loaded as a causal LM ({first_line(err)}); "
                 "pass a folder written by model.save_pretrained"
             ) from None
     if tokenizer.eos_token_id is None and tokenizer.bos_token_id is None:
@@ -239,6 +247,9 @@ def load_model(
             f"the tokenizer in {folder} has no end-of-text (eos) token to separate documents; set eos_token"
         )
     return loaded, tokenizer
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT reads it first; adapter_model.bin, a pickle, else
 
 
 def _load_adapter(folder: Path, kwargs: dict[str, Any], allow_pickle: bool) -> PreTrainedModel:
@@ -251,7 +262,11 @@ def _load_adapter(folder: Path, kwargs: dict[str, Any], allow_pickle: bool) -> P
             f"the adapter in {folder} names base model '{base}', which is not a local model folder; "
             "set base_model_name_or_path in adapter_config.json to the base model's folder"
         )
-    weights_format(folder, allow_pickle)  # PEFT reads safetensors whenever a folder has them
+    if not allow_pickle and not (folder / ADAPTER_WEIGHTS).is_file():  # PEFT would unpickle the .bin
+        raise LifelongError(
+            f"the adapter in {folder} has no {ADAPTER_WEIGHTS}, and its weights would be unpickled, which "
+            "can run code; save it again with save_pretrained, or pass --allow-pickle if you trust it"
+        )
     model = _causal_lm(base, kwargs, allow_pickle)
     peft_model: Any = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     return cast("PreTrainedModel", peft_model)
@@ -300,11 +315,6 @@ def load_to(folder: str | Path, device: str, *, allow_pickle: bool = False) -> A
     loaded, _ = load_model(folder, allow_pickle=allow_pickle)
     to_device(loaded, device)
     return loaded
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
 
 
 def write_model(model: Any, tokenizer: Any, folder: Path) -> None:

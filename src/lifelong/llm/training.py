@@ -75,6 +75,24 @@ class TrainSettings:
             raise LifelongError("precision fp16 needs a CUDA GPU (a CPU has no fp16 autocast); try bf16")
         if self.precision == "bf16" and not use_cpu(self.device) and not torch.cuda.is_bf16_supported():
             raise LifelongError("this GPU has no bf16 arithmetic (it came with Ampere); use --precision fp16")
+        check_report_to(self.report_to)
+
+
+def check_report_to(report_to: str | list[str]) -> None:
+    """Refuse a logging integration the Trainer does not know or cannot find installed, before training."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
+    for name in (n.strip() for n in names):
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise LifelongError(
+                f"unknown --report-to '{name}'; use none, all or one of: {', '.join(INTEGRATION_TO_CALLBACK)}"
+            )
+        if name not in get_available_reporting_integrations():
+            raise LifelongError(f"--report-to {name} needs its package installed; pip install {name}")
 
 
 Settings = TypeVar("Settings", bound=TrainSettings)

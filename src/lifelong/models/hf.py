@@ -40,6 +40,24 @@ def offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = saved
 
 
+def load_errors() -> tuple[type[Exception], ...]:
+    """What loading a model folder raises when the folder is at fault: broken or truncated weights,
+    a config.json with impossible values, weights of another shape, a pickle refused by torch."""
+    import pickle
+
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    python = (OSError, ValueError, TypeError, KeyError, RuntimeError, pickle.UnpicklingError)
+    return (*python, SafetensorError, StrictDataclassError)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line (transformers' run to many), for a one-line error."""
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
 def cache_dir() -> Path:
     """Where built models and generated data are kept: ``$LIFELONG_CACHE``, else ``lifelong`` in
     ``$XDG_CACHE_HOME`` (default ``~/.cache``)."""
