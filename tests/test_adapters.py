@@ -736,3 +736,18 @@ def test_a_damaged_adapter_config_is_one_error(
     with pytest.raises(LifelongError, match=CONFIG_FILE):
         library.merge_and_unload("prose", tmp_path / "export")
     assert not (tmp_path / "export").exists()
+
+
+def test_impossible_training_input_is_refused_by_name_before_training(tmp_path: Path) -> None:
+    library = fresh(tmp_path / "lib")
+    good = domain_data(4, seed=0)["arith"]
+    cases = [
+        ({"max_length": 0}, good, r"max_length \(--max-length\) must be at least 1"),
+        ({"lr": float("nan")}, good, r"lr \(--lr\) must be positive, got nan"),
+        ({"lora": {"lora_dropout": float("nan")}}, good, r"LoRA dropout must be in \[0, 1\), got nan"),
+        ({}, [*good, {"text": 5}], "example 4 is neither text nor a list of token ids"),
+    ]
+    for options, data, says in cases:
+        with pytest.raises(LifelongError, match=says):
+            library.train("t", data, **options)  # type: ignore[arg-type]
+        assert not (tmp_path / "lib" / "t").exists()

@@ -338,3 +338,17 @@ def test_a_given_models_first_task_is_shared_where_every_composition_trains_it_a
             assert alone["results"][0][key] == together["results"][k][key], (strategy, key)
     # lwf as published distills the given model on the first task: not alike.
     assert not run("mixed", ["naive", "lwf"])["config"]["shared_first_task"]
+
+
+def test_a_users_metric_that_fails_or_returns_no_number_is_named_in_one_line() -> None:
+    from lifelong.llm.answers import apply_metric
+
+    def broken(prediction: str, reference: str) -> float:
+        raise KeyError("oops")
+
+    with pytest.raises(LifelongError, match=r"metric broken failed on an answer \(KeyError"):
+        apply_metric(broken, "a", "b")
+    for returned in ("x", float("nan"), None):
+        with pytest.raises(LifelongError, match=r"returned .* not a finite number"):
+            apply_metric(lambda p, r, v=returned: v, "a", "b")
+    assert apply_metric(lambda p, r: p == r, "a", "a") == 1.0  # a bool counts

@@ -182,3 +182,21 @@ def refuse_what_changed(cli: Any, tmp_path: Path, killed: Path, latest: Path, da
     finally:
         data.write_text(original, encoding="utf-8")
     assert not (killed / ".lock").exists() and not (killed / "results.json").exists()
+
+
+@pytest.mark.parametrize("edit", ["batch_size", "strategies"])
+def test_a_hand_edited_run_json_of_the_wrong_kinds_is_damaged_in_one_line(tmp_path: Path, edit: str) -> None:
+    from lifelong.errors import LifelongError
+    from lifelong.llm.finetune import FinetuneRequest
+    from lifelong.llm.finetune_data import FinetuneSettings
+    from lifelong.runs.folder import RunFolder
+
+    request = FinetuneRequest("tiny-llama", ["skills"], [], ["naive"], 0.1, FinetuneSettings())
+    saved = request.saved()
+    if edit == "batch_size":
+        saved["settings"]["batch_size"] = "x"
+    else:
+        saved["strategies"] = 5
+    RunFolder.create(tmp_path / "run", "finetune", saved).release()
+    with pytest.raises(LifelongError, match=r"run\.json is damaged.*start a new run"):
+        FinetuneRequest.from_saved(tmp_path / "run", None, None, None)

@@ -161,7 +161,13 @@ def _token_ids(examples: list[Example], tokenizer: Any, max_length: int) -> list
             ids[i] = list(row_ids)
     for i, (item, _) in enumerate(examples):
         if not isinstance(item, str):
-            ids[i] = [int(t) for t in item][:max_length]
+            try:
+                ids[i] = [int(t) for t in item][:max_length]  # token ids: a list or a tensor
+            except (TypeError, ValueError):
+                raise LifelongError(
+                    f"example {i} is neither text nor a list of token ids (a {type(item).__name__}); "
+                    "give each example's text"
+                ) from None
     if any(not row for row in ids):
         raise LifelongError("an example has no tokens; drop empty examples")
     return ids
@@ -230,6 +236,9 @@ def lora_config(
             copied.task_type = _task_type(kind)
         return copied
     if isinstance(lora, Mapping):
+        dropout = lora.get("lora_dropout", 0.0)
+        if not (isinstance(dropout, int | float) and 0 <= dropout < 1):  # nan too: saving it fails late
+            raise LifelongError(f"LoRA dropout must be in [0, 1), got {dropout}; try 0.05")
         try:
             return default_lora(config, kind, **dict(lora))
         except (TypeError, ValueError) as err:  # an unknown field, or one LoraConfig refuses
@@ -247,8 +256,14 @@ def training_arguments(overrides: Mapping[str, Any]) -> dict[str, Any]:
             f"unknown training argument(s) {', '.join(unknown)}; use: {', '.join(TRAINING_DEFAULTS)}"
         )
     args = {**TRAINING_DEFAULTS, **overrides}
-    if args["epochs"] < 1 or args["batch_size"] < 1 or not args["lr"] > 0:
-        raise LifelongError(f"epochs and batch_size must be at least 1 and lr positive, got {args}")
+    for name, least in (("epochs", 1), ("batch_size", 1), ("max_length", 1), ("lr", 0)):
+        value = args[name]
+        if not (value > least if name == "lr" else value >= least):  # also refuses nan
+            must = "positive" if name == "lr" else f"at least {least}"
+            raise LifelongError(
+                f"{name} (--{name.replace('_', '-')}) must be {must}, got {value}; "
+                f"the default is {TRAINING_DEFAULTS[name]}"
+            )
     return args
 
 

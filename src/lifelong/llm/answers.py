@@ -6,6 +6,8 @@ What `finetune` scores after every task, and how self-replay answers its prompts
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -56,6 +58,21 @@ def resolve_metric(metric: str | Metric | None) -> tuple[Metric, str]:
     if not callable(function):
         raise LifelongError(f"metric '{metric}' is not a function of (prediction, reference)")
     return cast(Metric, function), name
+
+
+def apply_metric(metric: Metric, prediction: str, reference: str) -> float:
+    """``metric``'s score as a finite number; a user's function that fails, or returns anything else,
+    is named in one line (its own traceback would bury which answer, and which function)."""
+    name = getattr(metric, "__name__", "metric")
+    try:
+        value = metric(prediction, reference)
+    except Exception as err:  # the user's code: any failure of it is theirs to fix
+        raise LifelongError(
+            f"metric {name} failed on an answer ({type(err).__name__}: {str(err)[:200]}); fix the function"
+        ) from None
+    if not isinstance(value, numbers.Real) or not math.isfinite(value):  # bools and numpy floats do
+        raise LifelongError(f"metric {name} returned {value!r:.80}, not a finite number; return a float")
+    return float(value)
 
 
 # ---- generation and evaluation -------------------------------------------------------------------------------

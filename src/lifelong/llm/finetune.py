@@ -55,7 +55,16 @@ from lifelong.llm.finetune_run import FinetuneRun, Row
 from lifelong.llm.instruct import InstructionTask, Record, check_chat_template, read_records
 from lifelong.llm.models import ModelSupply, is_tiny_llama, load_model, to_device
 from lifelong.llm.plans import DEFAULT_KEEP, Plan, parse_plans
-from lifelong.llm.runs import LLMRun, damaged, data_digest, given_again, open_folder, publish, saved_settings
+from lifelong.llm.runs import (
+    LLMRun,
+    check_saved,
+    damaged,
+    data_digest,
+    given_again,
+    open_folder,
+    publish,
+    saved_settings,
+)
 from lifelong.llm.settings import FinetuneConfig
 from lifelong.llm.summaries import forgetting_rows, print_finetune_results
 from lifelong.llm.training import DEFAULT_LR, device_of, resolved
@@ -131,6 +140,7 @@ class FinetuneRequest:
             request = cls(**{**saved, "settings": FinetuneSettings(**saved["settings"])})
         except (TypeError, KeyError):
             raise damaged(run_dir) from None
+        check_saved(run_dir, request.settings, request.strategies)
         request.data = given_again(request.data, data, "data")
         request.replay = given_again(request.replay, replay, "replay")
         if request.metric is None:

@@ -12,7 +12,14 @@ from typing import Any
 
 from lifelong.core.metrics import bootstrap_se, mean_and_se
 from lifelong.errors import LifelongError
-from lifelong.llm.answers import Metric, Prompt, answer_prompts, answer_token_losses, generate_answers
+from lifelong.llm.answers import (
+    Metric,
+    Prompt,
+    answer_prompts,
+    answer_token_losses,
+    apply_metric,
+    generate_answers,
+)
 from lifelong.llm.batches import pad_id_of
 from lifelong.llm.choices import ACC_NORM, ChoiceItem, encode_choices, score_choices
 from lifelong.llm.instruct import Example, InstructionTask, Record, encode, encode_prompt, load_task
@@ -191,7 +198,7 @@ def measure_task(
         if answer and answer[-1] in example.stop_ids:
             answer = answer[:-1]  # an end-of-turn mark may be plain text, which decoding would keep
         text = tokenizer.decode(answer, skip_special_tokens=True)
-        scores.append(float(metric(text.strip(), example.answer or "")))
+        scores.append(apply_metric(metric, text.strip(), example.answer or ""))
     score, score_se = mean_and_se(scores)
     return Measure(score, score_se, loss, loss_se, items, tokens=tokens)
 

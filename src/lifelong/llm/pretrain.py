@@ -43,6 +43,7 @@ from lifelong.llm.pretrain_task import (
 )
 from lifelong.llm.runs import (
     LLMRun,
+    check_saved,
     damaged,
     data_digest,
     given_again,
@@ -118,6 +119,7 @@ class PretrainRequest:
             request = cls(**{**saved, "settings": TrainSettings(**saved["settings"])})
         except (TypeError, KeyError):
             raise damaged(run_dir) from None
+        check_saved(run_dir, request.settings, request.compositions)
         request.corpora = given_again(request.corpora, corpora, "corpora")
         return request
 

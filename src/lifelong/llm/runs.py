@@ -40,6 +40,7 @@ from lifelong.core.checkpoint import (
     restoring,
     unflatten_state,
 )
+from lifelong.core.settings import check_types
 from lifelong.core.state import load_strategies, restore_rng, rng_state, seed_all, strategies_state
 from lifelong.errors import LifelongError
 from lifelong.llm.training import drop_if_empty
@@ -92,6 +93,19 @@ def open_folder(
 
 def damaged(run_dir: Path) -> LifelongError:
     return LifelongError(f"{run_dir / RUN_FILE} is damaged; start a new run instead of resuming this one")
+
+
+def check_saved(run_dir: Path, settings: Any, strategies: Any) -> None:
+    """Values of the wrong kind in a hand-edited run.json make it damaged: one line now, rather than a
+    TypeError deep in the resumed run."""
+    try:
+        check_types(settings)
+    except LifelongError as err:
+        raise LifelongError(
+            f"{run_dir / RUN_FILE} is damaged ({err}); start a new run instead of resuming this one"
+        ) from None
+    if not (isinstance(strategies, list) and all(isinstance(s, str) for s in strategies)):
+        raise damaged(run_dir)
 
 
 def given_again(saved: Sequence[Any], given: Sequence[Any] | None, what: str) -> list[Any]:
