@@ -10,7 +10,7 @@ import torch
 
 from lifelong.adapters.peft_calls import freeze
 from lifelong.errors import LifelongError
-from lifelong.models.hf import first_line, load_errors, offline, weights_format
+from lifelong.models.hf import first_line, from_pretrained_whole, load_errors, offline, weights_format
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -71,6 +71,8 @@ def load_base_model(
     safe = weights_format(path, allow_pickle)
     try:
         with offline():  # and no load report or progress bar on the terminal
+            if kind == "causal-lm":
+                return from_pretrained_whole(auto, path, config=config, local_files_only=True, **safe)
             return auto.from_pretrained(str(path), config=config, local_files_only=True, **safe)
     except load_errors() as err:
         raise LifelongError(

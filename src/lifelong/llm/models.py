@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any, cast
 from lifelong.core.spec import bind, parse_spec
 from lifelong.errors import LifelongError
 from lifelong.llm.corpora import BUILTIN_CORPORA, builtin_corpus, split_documents
-from lifelong.models.hf import cache_dir, first_line, load_errors, offline, weights_format
+from lifelong.models.hf import (
+    cache_dir,
+    first_line,
+    from_pretrained_whole,
+    load_errors,
+    offline,
+    weights_format,
+)
 from lifelong.models.smollm2 import SMOLLM2, is_smollm2, smollm2_folder
 
 if TYPE_CHECKING:
@@ -275,8 +282,8 @@ def _load_adapter(folder: Path, kwargs: dict[str, Any], allow_pickle: bool) -> P
 def _causal_lm(folder: Path, kwargs: dict[str, Any], allow_pickle: bool) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    loaded: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-        str(folder), **kwargs, **weights_format(folder, allow_pickle)
+    loaded: PreTrainedModel = from_pretrained_whole(
+        AutoModelForCausalLM, folder, **kwargs, **weights_format(folder, allow_pickle)
     )
     return loaded
 

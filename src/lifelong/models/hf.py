@@ -58,6 +58,21 @@ def first_line(err: BaseException) -> str:
     return text[0][:200] if text else type(err).__name__
 
 
+def from_pretrained_whole(auto: Any, folder: Path, **kwargs: Any) -> Any:
+    """``auto.from_pretrained(folder, **kwargs)``, refusing weights that lack some of the model's
+    tensors (a partial copy, or a config.json of another model), which transformers would fill with
+    random values under a warning that `offline` silences. Not for a classifier made from a base
+    model, whose new head is missing on purpose."""
+    model, info = auto.from_pretrained(str(folder), **kwargs, output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise LifelongError(
+            f"the weights in {folder} lack {len(missing)} of the model's tensors (e.g. {missing[0]}): "
+            "a partial copy, or a config.json of another model; save the model there again with save_pretrained"
+        )
+    return model
+
+
 def cache_dir() -> Path:
     """Where built models and generated data are kept: ``$LIFELONG_CACHE``, else ``lifelong`` in
     ``$XDG_CACHE_HOME`` (default ``~/.cache``)."""
