@@ -336,3 +336,23 @@ def test_an_unknown_or_missing_report_to_integration_is_one_line_before_training
         code, _, err = cli(command, "--report-to", name, "--epochs", "1", "--out", str(tmp_path / name))
         assert says in one_line(code, err)
         assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["perplexity", "--model", "tiny-llama", "--block-size", "100000"],
+        ["pretrain", "--block-size", "100000", "--epochs", "1"],
+        ["finetune", "--packing", "--block-size", "100000", "--epochs", "1"],
+        ["finetune", "--max-length", "100000", "--epochs", "1"],
+    ],
+)
+def test_a_sequence_longer_than_the_model_has_positions_is_one_line_at_once(
+    cli: Cli, tmp_path: Path, args: list[str]
+) -> None:
+    # a block of 100,000 tokens took minutes and gigabytes before failing, or computed garbage
+    pytest.importorskip("transformers")
+    out = [] if args[0] == "perplexity" else ["--out", str(tmp_path / "run")]
+    code, _, err = cli(*args, *out)
+    assert "exceeds the model's 1024 positions" in one_line(code, err)
+    assert not (tmp_path / "run").exists()

@@ -109,7 +109,14 @@ def perplexity(
 
     from lifelong.llm.corpora import load_corpus
     from lifelong.llm.data import pack
-    from lifelong.llm.models import is_tiny_llama, load_model, resolve_model_folder, to_device, vocab_size
+    from lifelong.llm.models import (
+        check_positions,
+        is_tiny_llama,
+        load_model,
+        resolve_model_folder,
+        to_device,
+        vocab_size,
+    )
     from lifelong.llm.perplexity import from_nll, token_nll
 
     if split not in ("all", "heldout"):
@@ -129,6 +136,7 @@ def perplexity(
         load_corpus(d, text_field=text_field, one_doc_per_line=lines) for d in data or ["prose", "code"]
     ]
     loaded, tokenizer = load_model(model, allow_pickle=allow_pickle)
+    check_positions(loaded, int(size), "--block-size")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
         raise LifelongError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")

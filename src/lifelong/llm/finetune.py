@@ -53,7 +53,7 @@ from lifelong.llm.finetune_data import (
 from lifelong.llm.finetune_lora import LORA_ADAPTER, LORA_LR, load_task_adapter
 from lifelong.llm.finetune_run import FinetuneRun, Row
 from lifelong.llm.instruct import InstructionTask, Record, check_chat_template, read_records
-from lifelong.llm.models import ModelSupply, is_tiny_llama, load_model, to_device
+from lifelong.llm.models import ModelSupply, check_positions, is_tiny_llama, load_model, to_device
 from lifelong.llm.plans import DEFAULT_KEEP, Plan, parse_plans
 from lifelong.llm.runs import (
     LLMRun,
@@ -305,6 +305,9 @@ def _finetune(
     )
     named, known, given_records = _read_tasks(request, plans)
     base, tokenizer = load_model(request.model, allow_pickle=request.allow_pickle)
+    check_positions(base, settings.max_length, "--max-length")
+    if settings.packing:
+        check_positions(base, settings.block_size, "--block-size")
     check_chat_template(
         tokenizer, [r for t in named for r in (*t.train, *t.heldout)] + list(given_records), request.model
     )

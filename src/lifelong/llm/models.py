@@ -288,6 +288,16 @@ def _causal_lm(folder: Path, kwargs: dict[str, Any], allow_pickle: bool) -> PreT
     return loaded
 
 
+def check_positions(model: Any, tokens: int, flag: str) -> None:
+    """Refuse ``tokens`` a sequence (``flag``) beyond the positions the model has, before any data is
+    cut to it: past them a model fails or computes garbage, and a huge value is slow long before."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and tokens > positions:
+        raise LifelongError(
+            f"{flag} {tokens} exceeds the model's {positions} positions; use at most {positions}"
+        )
+
+
 def vocab_size(model: Any) -> int:
     """Rows of the input embedding: the largest token id the model can read, plus one."""
     return int(model.get_input_embeddings().weight.shape[0])

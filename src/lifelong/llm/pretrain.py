@@ -30,6 +30,7 @@ from lifelong.llm.data import PackedCorpus, check_replay_ratio
 from lifelong.llm.domains import Composition, CorpusLike, packed, parse_compositions, unique_domains
 from lifelong.llm.models import (
     ModelSupply,
+    check_positions,
     is_tiny_llama,
     load_model,
     to_device,
@@ -237,6 +238,7 @@ def _pretrain(
         else s
         for s in request.corpora
     ]
+    check_positions(base, settings.block_size, "--block-size")
     domains = unique_domains([packed(c, tokenizer, settings.block_size, vocab_size(base)) for c in loaded])
     watch = pretrain_watch(request.watch, base, tokenizer, settings)
     folder = open_folder(COMMAND, out, request.saved(), overwrite=overwrite, resume=resume)

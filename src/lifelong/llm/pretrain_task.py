@@ -25,7 +25,7 @@ from lifelong.llm.callbacks import ForgettingCallback, quiet_logs
 from lifelong.llm.corpora import Corpus
 from lifelong.llm.data import CausalCollator, PackedCorpus, check_replay_ratio, mix_by_token_share
 from lifelong.llm.domains import CorpusLike, label, packed, unique_domains
-from lifelong.llm.models import load_model, offline, save_model, to_device, vocab_size
+from lifelong.llm.models import check_positions, load_model, offline, save_model, to_device, vocab_size
 from lifelong.llm.perplexity import perplexities
 from lifelong.llm.trainer import ContinualTrainer, llm_strategies
 from lifelong.llm.training import (
@@ -174,6 +174,7 @@ def continual_pretrain(
             "a loaded model needs its tokenizer: continual_pretrain(model, ..., tokenizer=tok)"
         )
     vocab = vocab_size(model)
+    check_positions(model, settings.block_size, "block_size")
     if replay_corpus is None:
         replay_sources: list[CorpusLike] = []
     elif isinstance(replay_corpus, str | Path | Corpus | PackedCorpus):
