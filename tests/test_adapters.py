@@ -745,9 +745,19 @@ def test_impossible_training_input_is_refused_by_name_before_training(tmp_path: 
         ({"max_length": 0}, good, r"max_length \(--max-length\) must be at least 1"),
         ({"lr": float("nan")}, good, r"lr \(--lr\) must be positive, got nan"),
         ({"lora": {"lora_dropout": float("nan")}}, good, r"LoRA dropout must be in \[0, 1\), got nan"),
+        ({"seed": -1}, good, r"seed \(--seed\) must be a whole number from 0"),
         ({}, [*good, {"text": 5}], "example 4 is neither text nor a list of token ids"),
     ]
     for options, data, says in cases:
         with pytest.raises(LifelongError, match=says):
             library.train("t", data, **options)  # type: ignore[arg-type]
         assert not (tmp_path / "lib" / "t").exists()
+
+
+def test_list_marks_a_truncated_adapter_as_the_load_would(trained: AdapterLibrary, tmp_path: Path) -> None:
+    library = copy_library(trained, tmp_path)
+    weights = library.root / "dna" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    rows = {info.task: info for info in list_adapters(library.root)}
+    assert not rows["dna"].ok and "does not match the checksum" in (rows["dna"].problem or "")
+    assert rows["arith"].ok

@@ -356,3 +356,23 @@ def test_a_sequence_longer_than_the_model_has_positions_is_one_line_at_once(
     code, _, err = cli(*args, *out)
     assert "exceeds the model's 1024 positions" in one_line(code, err)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "first"), [("finetune", "replay, self-replay, naive"), ("pretrain", "replay, naive")]
+)
+def test_an_unknown_llm_strategy_lists_only_what_the_command_takes(
+    cli: Cli, tmp_path: Path, command: str, first: str
+) -> None:
+    pytest.importorskip("transformers")
+    code, _, err = cli(command, "-s", "bogus", "--out", str(tmp_path / "run"))
+    line = one_line(code, err)
+    assert f"choose one of: {first}" in line and "der++" not in line and "agem" not in line
+
+
+def test_adapters_train_reads_a_bom_as_finetune_does(tmp_path: Path) -> None:
+    from lifelong.cli.adapters import read_examples
+
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b'\xef\xbb\xbf{"text": "a b"}\n{"text": "c"}\n')
+    assert read_examples(data) == [{"text": "a b"}, {"text": "c"}]

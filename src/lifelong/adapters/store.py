@@ -263,6 +263,12 @@ def inspect_adapter(folder: Path, base_hash: str | None = None, base_name: str =
         return AdapterInfo(task, folder, problem=str(err))
     lora = meta.get("lora") or {}
     weights = folder / WEIGHTS_FILE
+    problem = adapter_problem(folder, meta, base_hash, base_name)
+    if problem is None:  # a truncated or changed weights file is no more "ok" in a list than at load
+        try:
+            check_weights(folder, meta)
+        except LifelongError as err:
+            problem = str(err)
     return AdapterInfo(
         task=task,
         path=folder,
@@ -281,7 +287,7 @@ def inspect_adapter(folder: Path, base_hash: str | None = None, base_name: str =
         parameters=meta.get("parameters"),
         size_bytes=weights.stat().st_size if weights.is_file() else 0,
         created=meta.get("created") or "",
-        problem=adapter_problem(folder, meta, base_hash, base_name),
+        problem=problem,
     )
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from lifelong.adapters.base import ModelKind
 from lifelong.adapters.peft_calls import freeze
+from lifelong.core.settings import SEED_MAX
 from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
@@ -264,6 +265,9 @@ def training_arguments(overrides: Mapping[str, Any]) -> dict[str, Any]:
                 f"{name} (--{name.replace('_', '-')}) must be {must}, got {value}; "
                 f"the default is {TRAINING_DEFAULTS[name]}"
             )
+    seed = args["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise LifelongError(f"seed (--seed) must be a whole number from 0 to {SEED_MAX}, got {seed}")
     return args
 
 

@@ -29,6 +29,7 @@ from lifelong.adapters import (
 from lifelong.cli.options import AllowPickle
 from lifelong.data.jsonl import json_lines, parse_json
 from lifelong.errors import LifelongError
+from lifelong.llm.corpora import read_text
 from lifelong.report.text import safe_text, terminal, visible
 
 adapters_app = typer.Typer(
@@ -67,12 +68,7 @@ def _library(
 def read_examples(path: Path) -> list[Any]:
     """Examples from a file: JSON Lines or a JSON list of {"text"|"input_ids", "label"} rows, or plain
     text with one example per non-empty line."""
-    if not path.is_file():
-        raise LifelongError(f"data file {path} does not exist; give a .jsonl, .json or .txt file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise LifelongError(f"cannot read {path}: {err}") from None
+    text = read_text(path)  # as finetune reads its files: a BOM dropped, a folder or pipe named as such
     if path.suffix == ".jsonl":
         rows: list[Any] = [parse_json(line, f"{path} line {n}") for n, line in json_lines(text)]
     elif path.suffix == ".json":

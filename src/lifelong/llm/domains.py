@@ -13,8 +13,8 @@ from lifelong.core.spec import Spec, parse_composition
 from lifelong.errors import LifelongError
 from lifelong.llm.corpora import Corpus, load_corpus
 from lifelong.llm.data import PackedCorpus, check_replay_ratio, pack
-from lifelong.llm.trainer import llm_strategies
-from lifelong.strategies import Strategy, build_strategy
+from lifelong.llm.trainer import build_lm_strategies
+from lifelong.strategies import Strategy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -78,7 +78,7 @@ def parse_compositions(compositions: Sequence[str], default_ratio: float) -> lis
                 ratio = _replay_ratio(spec, default_ratio)
             else:
                 others.append(spec)
-        strategies = llm_strategies([build_strategy(spec) for spec in others])
+        strategies = build_lm_strategies(others, also=["replay"])
         name = "+".join((f"replay:ratio={ratio:g}" if s.name == "replay" else str(s)) for s in specs)
         out.append(Composition(name, ratio, strategies))
     labels = [c.label for c in out]

@@ -24,7 +24,7 @@ from lifelong.llm.batches import pad_id_of
 from lifelong.llm.choices import ACC_NORM, ChoiceItem, encode_choices, score_choices
 from lifelong.llm.instruct import Example, InstructionTask, Record, encode, encode_prompt, load_task
 from lifelong.llm.skills import is_skills, parse_skills
-from lifelong.llm.training import TrainSettings
+from lifelong.llm.training import TrainSettings, check_least
 from lifelong.report.text import safe_text
 
 TaskSource = str | Path | InstructionTask
@@ -43,10 +43,7 @@ class FinetuneSettings(TrainSettings):
 
     def validate(self) -> None:
         super().validate()
-        if self.max_length < 2 or self.max_new_tokens < 1:
-            raise LifelongError("max_length must be >= 2 and max_new_tokens >= 1")
-        if self.eval_examples is not None and self.eval_examples < 1:
-            raise LifelongError(f"eval_examples must be at least 1, got {self.eval_examples}")
+        check_least(self, max_length=2, max_new_tokens=1, eval_examples=1)
         # Pretraining's perplexity settings would be silently ignored here: refuse them instead.
         for name, instead in (
             ("eval_blocks", "eval_examples"),

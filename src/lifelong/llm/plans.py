@@ -31,8 +31,8 @@ from lifelong.errors import LifelongError
 from lifelong.llm.answers import Prompt, generate_answers
 from lifelong.llm.data import check_replay_ratio, replay_blocks_needed
 from lifelong.llm.instruct import IGNORE, Example
-from lifelong.llm.trainer import llm_strategies
-from lifelong.strategies import LwF, Naive, Strategy, build_strategy
+from lifelong.llm.trainer import build_lm_strategies
+from lifelong.strategies import LwF, Naive, Strategy
 
 DEFAULT_KEEP = 500  # prompts kept per earlier task for self-replay and lwf:prompts=earlier
 
@@ -93,7 +93,7 @@ def parse_plans(compositions: Sequence[str], default_ratio: float) -> list[Plan]
                 )
                 others.append(own)
                 labels.append(label)
-        plan.strategies = llm_strategies([build_strategy(spec) for spec in others])
+        plan.strategies = build_lm_strategies(others, also=["replay", "self-replay"])
         if plan.distill_ratio and not all(0 < s.alpha < 1 for s in plan.strategies if isinstance(s, LwF)):
             raise LifelongError(
                 "lwf:prompts=earlier needs alpha in (0, 1): it weighs the teacher against labels"

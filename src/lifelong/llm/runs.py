@@ -45,7 +45,7 @@ from lifelong.core.state import load_strategies, restore_rng, rng_state, seed_al
 from lifelong.errors import LifelongError
 from lifelong.llm.training import drop_if_empty
 from lifelong.report import write_report
-from lifelong.report.text import labelled
+from lifelong.report.text import labelled, visible
 from lifelong.runs.callbacks import TaskLog, commit_task
 from lifelong.runs.folder import CHECKPOINTS, RESULTS_FILE, RUN_FILE, RunFolder
 from lifelong.strategies import Strategy
@@ -302,5 +302,5 @@ def publish(
     except LifelongError as err:  # the results are written; a report problem must not hide them
         console.print(labelled("report not written:", "yellow", err), highlight=False)
     print_results(console, document)
-    console.print(f"results written to {run_dir / RESULTS_FILE}", markup=False)
+    console.print(f"results written to {visible(run_dir / RESULTS_FILE)}", markup=False)
     return document

@@ -33,13 +33,23 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from lifelong.core.spec import Spec
 from lifelong.core.strategy import LMBatch, SequenceMeasure
 from lifelong.errors import LifelongError
 from lifelong.llm.callbacks import ForgettingCallback
 from lifelong.llm.fisher import FISHER_SEQUENCES, sequence_importance
 from lifelong.llm.instruct import DISTILL_MASK
 from lifelong.llm.schedules import SCHEDULES, make_scheduler
-from lifelong.strategies import ALIASES, EWC, REGISTRY, LwF, Replay, Strategy, build_strategies
+from lifelong.strategies import (
+    ALIASES,
+    EWC,
+    REGISTRY,
+    LwF,
+    Replay,
+    Strategy,
+    build_strategies,
+    build_strategy,
+)
 from lifelong.strategies.anchors import Tensors
 
 if TYPE_CHECKING:
@@ -54,6 +64,16 @@ def lm_strategy_names() -> list[str]:
             aliases = [alias for alias, target in ALIASES.items() if target == name]
             names.append(f"{name} ({', '.join(aliases)})" if aliases else name)
     return names
+
+
+def build_lm_strategies(specs: Sequence[Spec], also: Sequence[str]) -> list[Strategy]:
+    """The strategies of ``specs``, checked for a causal-LM form; an unknown name is refused with the
+    names a language model takes (``also``: the command's own, such as replay), not all the registry's."""
+    for spec in specs:
+        if ALIASES.get(spec.name, spec.name) not in REGISTRY:
+            known = ", ".join([*also, *lm_strategy_names()])
+            raise LifelongError(f"unknown strategy '{spec.name}'; choose one of: {known}")
+    return llm_strategies([build_strategy(spec) for spec in specs])
 
 
 def llm_strategies(strategies: str | Sequence[Strategy] | None) -> list[Strategy]:

@@ -56,10 +56,8 @@ class TrainSettings:
     report_to: str | list[str] = "none"
 
     def validate(self) -> None:
-        if self.block_size < 2 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise LifelongError("block size must be >= 2, batch size and gradient accumulation >= 1")
-        if not self.epochs > 0 or (self.first_epochs is not None and not self.first_epochs > 0):
-            raise LifelongError(f"epochs must be positive, got {self.epochs} (first: {self.first_epochs})")
+        check_least(self, block_size=2, batch_size=1, gradient_accumulation_steps=1)
+        check_least(self, strictly=True, epochs=0, first_epochs=0)
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise LifelongError(f"learning rate must be positive, got {self.learning_rate}; try 1e-5")
         if self.schedule not in SCHEDULES:
@@ -76,6 +74,15 @@ class TrainSettings:
         if self.precision == "bf16" and not use_cpu(self.device) and not torch.cuda.is_bf16_supported():
             raise LifelongError("this GPU has no bf16 arithmetic (it came with Ampere); use --precision fp16")
         check_report_to(self.report_to)
+
+
+def check_least(settings: Any, strictly: bool = False, **lows: float) -> None:
+    """Each named setting at least (``strictly``: above) its low, named as the option that sets it."""
+    for name, low in lows.items():
+        value = getattr(settings, name)
+        if value is not None and not (value > low if strictly else value >= low):  # nan fails too
+            bound = f"above {low}" if strictly else f"at least {low}"
+            raise LifelongError(f"{name} (--{name.replace('_', '-')}) must be {bound}, got {value}")
 
 
 def check_report_to(report_to: str | list[str]) -> None:
