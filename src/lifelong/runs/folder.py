@@ -261,6 +261,9 @@ def _read_run_file(path: Path, command: str) -> dict[str, Any] | None:
         raise LifelongError(f"{run_file} is damaged; start a new run instead of resuming this one") from None
     if not isinstance(saved, dict):
         raise LifelongError(f"{run_file} is damaged; start a new run instead of resuming this one")
+    if "format" not in saved and _is_early_run_file(saved):  # before run.json named its command
+        # Upgraded whole (format included), so a rewrite (`describe`) is read as this format again.
+        saved = {"format": RUN_FORMAT, "command": "run", "files": list(COMMON_FILES), "settings": saved}
     if saved.get("format") != RUN_FORMAT:  # a run.json of the user's own, say: no proof of a run
         raise LifelongError(
             f"{path} holds a {RUN_FILE} that lifelong did not write; choose a new or empty folder for --out"
@@ -271,6 +274,18 @@ def _read_run_file(path: Path, command: str) -> dict[str, Any] | None:
             f"{path} holds a 'lifelong {found}' run, not a '{command}' one; choose another --out"
         )
     return saved
+
+
+def _is_early_run_file(saved: dict[str, Any]) -> bool:
+    """The whole of an early `lifelong run`'s run.json: its settings alone, in exactly this shape (a
+    user's own run.json, say ``{"lr": 0.1}``, is no proof that a run wrote the folder)."""
+    strategies = saved.get("strategies")
+    return (
+        set(saved) <= {"config", "strategies", "stream"}
+        and isinstance(saved.get("config"), dict)
+        and isinstance(strategies, list)
+        and all(isinstance(s, str) for s in strategies)
+    )
 
 
 def _remove(target: Path) -> None:
