@@ -38,6 +38,14 @@ IGNORE = -100  # the label the loss skips (PyTorch's and transformers' ignore_in
 # Batch key of the positions a distillation teacher is matched at, present only when some example is
 # soft or not distilled; every other batch distills where the labels are.
 DISTILL_MASK = "distill_mask"
+JSON_KINDS = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "true/false",
+    type(None): "null",
+}
 FORMATS = "{prompt, completion}, {messages}, {prompt, choices, answer} or {text}"
 
 
@@ -125,7 +133,9 @@ SPLITS = {"train": False, "heldout": True, "test": True, "validation": True}
 def parse_record(line: str, where: str, prompts_only: bool = False) -> Record:
     row = parse_json(line, where)
     if not isinstance(row, dict):
-        raise LifelongError(f"{where} is a JSON {type(row).__name__}, not an object with {FORMATS}")
+        raise LifelongError(
+            f"{where} is a JSON {JSON_KINDS.get(type(row), 'value')}, not an object with {FORMATS}"
+        )
     record = _record(row, where, prompts_only)
     split = row.get("split")
     if split is None:
