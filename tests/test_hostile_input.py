@@ -308,7 +308,8 @@ def test_allow_pickle_on_the_command_line_is_kept_for_resume(cli: Cli, tmp_path:
 
 
 def test_adapter_commands_delete_or_replace_only_folders_lifelong_saved(cli: Cli, tmp_path: Path) -> None:
-    from lifelong.adapters.store import META_FILE, check_export_target
+    from lifelong.adapters.saving import check_export_target
+    from lifelong.adapters.store import META_FILE
 
     root, own = tmp_path / "adapters", tmp_path / "adapters" / "userstuff"
     own.mkdir(parents=True)

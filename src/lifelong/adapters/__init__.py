@@ -26,6 +26,7 @@ from lifelong.adapters.merging import DENSITY_METHODS, MERGE_METHODS, SAME_RANK_
 # Public for lifelong.llm, which wraps its own PEFT calls in it.
 from lifelong.adapters.peft_calls import _peft_call as peft_call
 from lifelong.adapters.routing import RouteResult
+from lifelong.adapters.saving import check_deletable, delete_adapter
 from lifelong.adapters.store import (
     CONFIG_FILE,
     EXPORTS,
@@ -36,10 +37,8 @@ from lifelong.adapters.store import (
     AdapterInfo,
     adapter_folder,
     adapter_problem,
-    check_deletable,
     check_task_name,
     config_hash,
-    delete_adapter,
     inspect_adapter,
     list_adapters,
     read_meta,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
-from lifelong.adapters import merging, routing, store, training
+from lifelong.adapters import merging, routing, saving, store, training
 from lifelong.adapters.base import (
     ModelKind,
     check_kind,
@@ -137,7 +137,7 @@ class AdapterLibrary:
         """Save the adapter ``task`` of `peft_model`, trained outside `train`, into the library as if
         `train` had written it; ``details`` (data size, scores, how it was trained) join its metadata."""
         meta = self._record(task, config, kind="trained") | dict(details or {})
-        store.save_adapter(self._require_peft(), self.root, task, meta, overwrite=False)
+        saving.save_adapter(self._require_peft(), self.root, task, meta, overwrite=False)
         self._loaded.add(task)
         return self.info(task)
 
@@ -266,15 +266,8 @@ class AdapterLibrary:
         an adapter trains in seconds, and the loop is the whole story in twenty lines, with no output
         folders, logging integrations or accelerate state of its own; it repeats exactly for a seed.
         """
-        store.check_task_name(task)
+        saving.check_new_adapter(self.root, task, overwrite=overwrite)  # before training, not after
         args = training.training_arguments(training_args)
-        if (self.root / task).exists():
-            if not overwrite:
-                raise LifelongError(
-                    f"an adapter for task '{task}' already exists in {self.root}; "
-                    "pass --overwrite (overwrite=True) or delete it"
-                )
-            store.refuse_unless_written_here(self.root / task, "replace")  # before training, not after
         data = self.encode(dataset, max_length=args["max_length"])
         held_out = (
             self.encode(eval_dataset, max_length=args["max_length"]) if eval_dataset is not None else None
@@ -296,7 +289,7 @@ class AdapterLibrary:
                     embedded = routing.encoded_embeddings(peft, data)
                     details["router"] = routing.fit_signature(embedded).to_json()
                 meta = self._record(task, config, kind="trained") | details
-                store.save_adapter(peft, self.root, task, meta, overwrite=overwrite)
+                saving.save_adapter(peft, self.root, task, meta, overwrite=overwrite)
             except BaseException:
                 self._drop(task)
                 raise
@@ -421,7 +414,7 @@ class AdapterLibrary:
                 merging.add_merged_adapter(peft, plan)
             config = cast("LoraConfig", peft.peft_config[plan.name])
             meta = self._record(plan.name, config, kind="merged") | plan.details()
-            store.save_adapter(peft, self.root, plan.name, meta, overwrite=False)
+            saving.save_adapter(peft, self.root, plan.name, meta, overwrite=False)
         except ValueError as err:  # PEFT's own refusals (e.g. target modules of different types)
             self._drop(plan.name)
             raise LifelongError(f"PEFT cannot merge {plan.tasks} with '{plan.method}': {err}") from None
@@ -439,7 +432,7 @@ class AdapterLibrary:
         """
         meta = self._meta(task)
         target = Path(out) if out is not None else self.root / store.EXPORTS / task
-        store.check_export_target(target, self.root, self._base_path, overwrite=overwrite)
+        saving.check_export_target(target, self.root, self._base_path, overwrite=overwrite)
         self.load(task)
         merging.export_merged(self._require_peft(), task, target, self.tokenizer, meta)
         return target
@@ -448,4 +441,4 @@ class AdapterLibrary:
         """Remove ``task``'s adapter from memory and from disk (a broken one too)."""
         store.adapter_folder(self.root, task)
         self._drop(task)
-        store.delete_adapter(self.root, task)
+        saving.delete_adapter(self.root, task)

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lifelong.adapters.peft_calls import _peft_call, _quiet_warnings, freeze
-from lifelong.adapters.store import adapter_folder, adapter_rank, check_task_name, read_meta, save_export
+from lifelong.adapters.saving import save_export
+from lifelong.adapters.store import adapter_folder, adapter_rank, check_task_name, read_meta
 from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
