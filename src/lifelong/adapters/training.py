@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lifelong.adapters.base import ModelKind
 from lifelong.adapters.peft_calls import freeze
-from lifelong.core.settings import SEED_MAX
+from lifelong.core.settings import SEED_MAX, check_least
 from lifelong.errors import LifelongError
 
 if TYPE_CHECKING:
@@ -257,14 +257,8 @@ def training_arguments(overrides: Mapping[str, Any]) -> dict[str, Any]:
             f"unknown training argument(s) {', '.join(unknown)}; use: {', '.join(TRAINING_DEFAULTS)}"
         )
     args = {**TRAINING_DEFAULTS, **overrides}
-    for name, least in (("epochs", 1), ("batch_size", 1), ("max_length", 1), ("lr", 0)):
-        value = args[name]
-        if not (value > least if name == "lr" else value >= least):  # also refuses nan
-            must = "positive" if name == "lr" else f"at least {least}"
-            raise LifelongError(
-                f"{name} (--{name.replace('_', '-')}) must be {must}, got {value}; "
-                f"the default is {TRAINING_DEFAULTS[name]}"
-            )
+    check_least(args, epochs=1, batch_size=1, max_length=1)
+    check_least(args, strictly=True, lr=0)
     seed = args["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise LifelongError(f"seed (--seed) must be a whole number from 0 to {SEED_MAX}, got {seed}")

@@ -9,7 +9,7 @@ import inspect
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,16 @@ def check_count(flag: str, value: int | None, low: int = 1, high: int = COUNT_MA
     """A count given as a plain option (not a settings field) is in ``[low, high]``; None is "not given"."""
     if value is not None and not low <= value <= high:
         raise LifelongError(f"{flag} must be between {shown(low)} and {shown(high)}, got {shown(value)}")
+
+
+def check_least(values: Mapping[str, Any], strictly: bool = False, **lows: float) -> None:
+    """Each named value at least (``strictly``: above) its low, None allowed, named as the option that
+    sets it: ``batch_size (--batch-size) must be at least 1, got 0``."""
+    for name, low in lows.items():
+        value = values[name]
+        if value is not None and not (value > low if strictly else value >= low):  # nan fails too
+            bound = ("positive" if low == 0 else f"above {low}") if strictly else f"at least {low}"
+            raise LifelongError(f"{name} (--{name.replace('_', '-')}) must be {bound}, got {value}")
 
 
 def shown(number: float) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.core.metrics import bootstrap_se, mean_and_se
+from lifelong.core.settings import check_least
 from lifelong.errors import LifelongError
 from lifelong.llm.answers import (
     Metric,
@@ -24,7 +25,7 @@ from lifelong.llm.batches import pad_id_of
 from lifelong.llm.choices import ACC_NORM, ChoiceItem, encode_choices, score_choices
 from lifelong.llm.instruct import Example, InstructionTask, Record, encode, encode_prompt, load_task
 from lifelong.llm.skills import is_skills, parse_skills
-from lifelong.llm.training import TrainSettings, check_least
+from lifelong.llm.training import TrainSettings
 from lifelong.report.text import safe_text
 
 TaskSource = str | Path | InstructionTask
@@ -43,7 +44,7 @@ class FinetuneSettings(TrainSettings):
 
     def validate(self) -> None:
         super().validate()
-        check_least(self, max_length=2, max_new_tokens=1, eval_examples=1)
+        check_least(vars(self), max_length=2, max_new_tokens=1, eval_examples=1)
         # Pretraining's perplexity settings would be silently ignored here: refuse them instead.
         for name, instead in (
             ("eval_blocks", "eval_examples"),

@@ -91,8 +91,11 @@ def open_folder(
     return RunFolder.create(out, command, settings, overwrite=overwrite, own=OWN_FILES[command])
 
 
-def damaged(run_dir: Path) -> LifelongError:
-    return LifelongError(f"{run_dir / RUN_FILE} is damaged; start a new run instead of resuming this one")
+def damaged(run_dir: Path, why: str = "") -> LifelongError:
+    detail = f" ({why})" if why else ""
+    return LifelongError(
+        f"{run_dir / RUN_FILE} is damaged{detail}; start a new run instead of resuming this one"
+    )
 
 
 def check_saved(run_dir: Path, settings: Any, strategies: Any) -> None:
@@ -101,9 +104,7 @@ def check_saved(run_dir: Path, settings: Any, strategies: Any) -> None:
     try:
         check_types(settings)
     except LifelongError as err:
-        raise LifelongError(
-            f"{run_dir / RUN_FILE} is damaged ({err}); start a new run instead of resuming this one"
-        ) from None
+        raise damaged(run_dir, str(err)) from None
     if not (isinstance(strategies, list) and all(isinstance(s, str) for s in strategies)):
         raise damaged(run_dir)
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from lifelong.core.distributed import check_precision
+from lifelong.core.settings import check_least
 from lifelong.errors import LifelongError
 from lifelong.llm.fisher import OutsideTrainer
 from lifelong.llm.models import is_tiny_llama
@@ -56,8 +57,8 @@ class TrainSettings:
     report_to: str | list[str] = "none"
 
     def validate(self) -> None:
-        check_least(self, block_size=2, batch_size=1, gradient_accumulation_steps=1)
-        check_least(self, strictly=True, epochs=0, first_epochs=0)
+        check_least(vars(self), block_size=2, batch_size=1, gradient_accumulation_steps=1)
+        check_least(vars(self), strictly=True, epochs=0, first_epochs=0)
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise LifelongError(f"learning rate must be positive, got {self.learning_rate}; try 1e-5")
         if self.schedule not in SCHEDULES:
@@ -74,15 +75,6 @@ class TrainSettings:
         if self.precision == "bf16" and not use_cpu(self.device) and not torch.cuda.is_bf16_supported():
             raise LifelongError("this GPU has no bf16 arithmetic (it came with Ampere); use --precision fp16")
         check_report_to(self.report_to)
-
-
-def check_least(settings: Any, strictly: bool = False, **lows: float) -> None:
-    """Each named setting at least (``strictly``: above) its low, named as the option that sets it."""
-    for name, low in lows.items():
-        value = getattr(settings, name)
-        if value is not None and not (value > low if strictly else value >= low):  # nan fails too
-            bound = f"above {low}" if strictly else f"at least {low}"
-            raise LifelongError(f"{name} (--{name.replace('_', '-')}) must be {bound}, got {value}")
 
 
 def check_report_to(report_to: str | list[str]) -> None:
